@@ -1,0 +1,279 @@
+"""Samplers: DDPM ancestral (full or respaced) and DDIM, with classifier-free guidance.
+
+Each sampler is a generator that yields a `Step` after every denoising step, so the app, the CLI and
+the tests all run the same loop; `run_to_end` consumes one and returns the final images.
+
+Notation (code name -> paper name), for a step from time step t to the previous kept step s < t:
+
+    alpha_bar_t, alpha_bar_prev   alpha-bar at t and at s (1 after the last step)        Ho et al. eq. 4
+    eps                           the (guided) noise prediction eps_theta(x_t, t, y)
+    x0_pred                       (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)    eq. 15
+    beta_t (respaced)             1 - alpha_bar_t / alpha_bar_prev                         improved DDPM, respace.py
+    posterior_variance            beta_t (1 - alpha_bar_prev) / (1 - alpha_bar_t)          "beta tilde", eq. 7
+    sigma (DDIM)                  eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_prev)
+                                                                                            Song et al. eq. 16
+Classifier-free guidance (Ho & Salimans 2022) here is
+
+    eps = eps_uncond + w * (eps_cond - eps_uncond)
+
+so w = 0 is unconditional, w = 1 plain conditional, w > 1 guided. The other common convention,
+eps = (1 + w') eps_cond - w' eps_uncond, is the same with w = 1 + w'.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .schedule import NoiseSchedule
+
+SamplerName = Literal["ddpm", "ddim"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+VARIANCES: tuple[str, ...] = ("posterior", "beta")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """One denoising step: after it, the sample is x_t at time step `t` (t = -1 after the last step).
+
+    index: 0-based step number; num_steps: total steps of the run; t: the time step the model was just
+    evaluated at; x_t: the sample after this step, (B, C, H, W) float32 on the CPU; x0_pred: the model's
+    prediction of the clean image at this step, same shape, in [-1, 1] when clipping is on.
+    """
+
+    index: int
+    num_steps: int
+    t: int
+    x_t: torch.Tensor
+    x0_pred: torch.Tensor
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_steps - 1
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Everything that decides a sampling run besides the model, the labels and the seed."""
+
+    sampler: str = "ddim"  # "ddpm" (ancestral) or "ddim"
+    steps: int = 50  # number of network evaluations, 1..T; T with "ddpm" is the original chain
+    cfg: float = 3.0  # guidance scale w; 0 = unconditional, 1 = conditional
+    eta: float = 0.0  # DDIM only: 0 = deterministic, 1 = DDPM-like noise
+    variance: str = "posterior"  # DDPM only: "posterior" (beta tilde) or "beta" (full T steps only)
+    clip_x0: bool = True  # clip x0_pred to [-1, 1] at each step
+    guidance_interval: tuple[float, float] | None = None  # apply CFG only for t/T in [lo, hi]; else w = 1
+    precision: str = "fp32"  # network precision: "fp32" or "bf16" (autocast)
+
+    def validate(self, T: int) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= T:
+            raise ValueError(f"steps must be an integer in 1..{T}, got {self.steps!r}")
+        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ValueError(f"cfg (guidance scale) must be a finite number >= 0, got {self.cfg!r}")
+        if not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"unknown variance {self.variance!r}; choose one of {', '.join(VARIANCES)}")
+        if self.sampler == "ddpm" and self.variance == "beta" and self.steps != T:
+            raise ValueError(
+                f"variance='beta' is only allowed with all {T} steps; respaced DDPM ({self.steps} steps) "
+                "needs variance='posterior' (sigma^2 = beta is several times worse at few steps)"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.guidance_interval}")
+
+
+def timesteps_for(T: int, steps: int) -> list[int]:
+    """The kept time steps, descending, evenly spaced, always starting at T-1 and ending at 0."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T}, got {steps}")
+    if steps == 1:
+        return [T - 1]
+    ts = np.round(np.linspace(T - 1, 0, steps)).astype(int)
+    return [int(t) for t in ts]  # distinct because steps <= T
+
+
+def make_rngs(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per image: image i gets seed + i, so it is the same image alone or in a batch."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED - n:
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED - n}, got {seed!r}")
+    return [torch.Generator().manual_seed(int(seed) + i) for i in range(n)]
+
+
+def randn_per_image(rngs: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(len(rngs), *shape) standard normal noise, each row from its own CPU generator, then moved."""
+    return torch.stack([torch.randn(shape, generator=g) for g in rngs]).to(device)
+
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), t (B,)) -> eps (B,C,H,W)
+
+
+def guided_eps_fn(
+    model: torch.nn.Module,
+    labels: torch.Tensor | None,
+    *,
+    cfg: float,
+    null_label: int | None,
+    T: int,
+    guidance_interval: tuple[float, float] | None = None,
+    precision: str = "fp32",
+) -> EpsFn:
+    """The (guided) noise prediction as a function of (x_t, t).
+
+    Conditional and unconditional predictions come from ONE batched forward pass; w = 1 and w = 0
+    (and unconditional models) need only one half, so they skip the other.
+    """
+    autocast = precision == "bf16"
+
+    def net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            return model(x, t, y).float()
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if labels is None or null_label is None:
+            return net(x, t, None)
+        w = cfg
+        if guidance_interval is not None:
+            frac = int(t[0]) / max(T - 1, 1)
+            if not guidance_interval[0] <= frac <= guidance_interval[1]:
+                w = 1.0
+        if w == 1.0:
+            return net(x, t, labels)
+        null = torch.full_like(labels, null_label)
+        if w == 0.0:
+            return net(x, t, null)
+        eps_cond, eps_uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        return eps_uncond + w * (eps_cond - eps_uncond)
+
+    return eps_fn
+
+
+def _x0_and_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool):
+    x0_pred = schedule.x0_from_eps(x_t, t, eps)
+    if clip:
+        x0_pred = x0_pred.clamp(-1.0, 1.0)
+        eps = schedule.eps_from_x0(x_t, t, x0_pred)  # keep eps consistent with the clipped x0
+    return x0_pred, eps
+
+
+def ddpm_steps(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    rngs: Sequence[torch.Generator],
+    *,
+    steps: int,
+    variance: str = "posterior",
+    clip_x0: bool = True,
+) -> Iterator[Step]:
+    """DDPM ancestral sampling (Ho et al. Algorithm 2) on `steps` evenly kept time steps.
+
+    With steps = T this is the original chain; with fewer, the chain is respaced: beta_t is recomputed
+    from alpha_bar over the kept steps so that alpha_bar itself is unchanged (improved DDPM, sec. 4).
+    sigma_t^2 is the posterior variance (default) or beta_t (the paper's two choices). No noise is
+    added at the last step.
+    """
+    ts = timesteps_for(schedule.T, steps)
+    alpha_bar = schedule.alpha_bar.double()
+    x = x_T
+    shape = tuple(x_T.shape[1:])
+    for i, t in enumerate(ts):
+        ab_t = float(alpha_bar[t])
+        ab_prev = float(alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        beta_t = 1.0 - ab_t / ab_prev
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        x0_pred, _ = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
+        # posterior mean mu~(x_t, x0_pred)  (eq. 7)
+        coef1 = beta_t * math.sqrt(ab_prev) / (1.0 - ab_t)
+        coef2 = (1.0 - ab_prev) * math.sqrt(1.0 - beta_t) / (1.0 - ab_t)
+        mean = coef1 * x0_pred + coef2 * x
+        if i + 1 < len(ts):
+            var = beta_t * (1.0 - ab_prev) / (1.0 - ab_t) if variance == "posterior" else beta_t
+            x = mean + math.sqrt(var) * randn_per_image(rngs, shape, x.device)
+        else:
+            x = mean
+        yield Step(i, len(ts), t, x, x0_pred)
+
+
+def ddim_steps(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    rngs: Sequence[torch.Generator],
+    *,
+    steps: int,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+) -> Iterator[Step]:
+    """DDIM (Song et al. 2021, eq. 12) on `steps` evenly kept time steps; eta=0 is deterministic."""
+    ts = timesteps_for(schedule.T, steps)
+    alpha_bar = schedule.alpha_bar.double()
+    x = x_T
+    shape = tuple(x_T.shape[1:])
+    for i, t in enumerate(ts):
+        ab_t = float(alpha_bar[t])
+        ab_prev = float(alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        x0_pred, eps = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
+        sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev))
+        # "direction pointing to x_t" plus fresh noise (eq. 12)
+        x = math.sqrt(ab_prev) * x0_pred + math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * randn_per_image(rngs, shape, x.device)
+        yield Step(i, len(ts), t, x, x0_pred)
+
+
+def sample_steps(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    *,
+    n: int,
+    labels: torch.Tensor | None,
+    seed: int,
+    options: SamplerOptions = SamplerOptions(),
+    null_label: int | None = None,
+    image_shape: tuple[int, int, int],
+    device: torch.device | str = "cpu",
+) -> Iterator[Step]:
+    """Sample n images step by step. Image i uses its own generator seeded seed+i (x_T and every step's noise)."""
+    options.validate(schedule.T)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    device = torch.device(device)
+    rngs = make_rngs(seed, n)
+    x_T = randn_per_image(rngs, image_shape, device)
+    y = labels.to(device) if labels is not None else None
+    eps_fn = guided_eps_fn(
+        model, y, cfg=float(options.cfg), null_label=null_label, T=schedule.T,
+        guidance_interval=options.guidance_interval, precision=options.precision,
+    )
+    if options.sampler == "ddpm":
+        inner = ddpm_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), variance=options.variance, clip_x0=options.clip_x0)
+    else:
+        inner = ddim_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), eta=float(options.eta), clip_x0=options.clip_x0)
+    for step in inner:
+        x_t = step.x_t.clamp(-1.0, 1.0) if step.is_last else step.x_t  # the final image is clamped
+        yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu())
+
+
+def run_to_end(steps: Iterator[Step]) -> torch.Tensor:
+    """Consume a sampler generator; return the final x_0, (B, C, H, W) in [-1, 1]."""
+    last = None
+    for last in steps:
+        pass
+    if last is None:
+        raise ValueError("the sampler yielded no steps")
+    return last.x_t

@@ -1,0 +1,97 @@
+"""Train a DDPM: flags -> TrainConfig -> ddpm.training.train.
+
+    python train.py --dataset fashion-mnist --preset small --steps 30000 --batch-size 128 --out checkpoints/fashion-mnist
+    python train.py --out checkpoints/fashion-mnist --resume --steps 40000        # continue a run
+    torchrun --nproc_per_node 4 train.py ...                                        # data-parallel (see README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields, replace
+
+from ddpm.training import (
+    LR_SCHEDULES,
+    PRECISION_CHOICES,
+    TrainConfig,
+    TrainingDivergedError,
+    saved_train_config,
+    train,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description="Train a denoising diffusion model (DDPM).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # every default is None so that --resume can tell which flags were given; the real defaults are TrainConfig's
+    add = lambda flag, **kw: p.add_argument(flag, default=None, **kw)  # noqa: E731
+    add("--dataset", help=f"fashion-mnist | mnist | mnist-5k | cifar10 | folder:PATH (default {d.dataset})")
+    add("--data-dir", help=f"where torchvision datasets are downloaded (default {d.data_dir})")
+    add("--out", help=f"checkpoint folder (default {d.out})")
+    add("--preset", help=f"model size: tiny | mini | small | base (default {d.preset})")
+    add("--image-size", type=int, help="image side in pixels (default: 28 for MNIST-like data, else 32)")
+    add("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: the dataset's)")
+    add("--unconditional", action="store_const", const=True, help="ignore class labels")
+    add("--schedule", choices=("linear", "cosine"), help=f"noise schedule (default {d.schedule})")
+    add("--timesteps", type=int, help=f"T, the number of diffusion steps (default {d.timesteps})")
+    add("--steps", type=int, help=f"optimisation steps in total (default {d.steps})")
+    add("--batch-size", type=int, help=f"per process and micro-batch (default {d.batch_size})")
+    add("--grad-accum", type=int, help=f"micro-batches per optimisation step (default {d.grad_accum})")
+    add("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    add("--lr-schedule", choices=LR_SCHEDULES, help=f"after warm-up (default {d.lr_schedule})")
+    add("--warmup-steps", type=int, help=f"linear learning-rate warm-up (default {d.warmup_steps})")
+    add("--ema-decay", type=float, help=f"EMA decay, reached after a warm-up (default {d.ema_decay})")
+    add("--label-dropout", type=float, help=f"per-sample null-label probability for CFG (default {d.label_dropout})")
+    add("--hflip", choices=("on", "off"), help="random horizontal flips (default: off for digits and clothes)")
+    add("--precision", choices=PRECISION_CHOICES, help=f"auto = bf16 autocast where supported (default {d.precision})")
+    add("--device", help=f"auto | cpu | cuda | cuda:N (default {d.device})")
+    add("--seed", type=int, help=f"(default {d.seed})")
+    add("--log-every", type=int, help=f"steps between log.jsonl lines (default {d.log_every})")
+    add("--sample-every", type=int, help=f"steps between sample grids, 0 = never (default {d.sample_every})")
+    add("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.checkpoint_every})")
+    add("--weights-dtype", choices=("fp32", "fp16", "bf16"), help=f"dtype of model.safetensors (default {d.weights_dtype})")
+    add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """The run's TrainConfig: TrainConfig defaults (or, with --resume, the saved config) overridden by given flags."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.unconditional:
+        given["conditional"] = False
+    if args.hflip is not None:
+        given["hflip"] = args.hflip == "on"
+    base = TrainConfig()
+    resume = args.resume
+    if resume:
+        saved = saved_train_config(given.get("out", base.out))
+        if saved is None:
+            print(f"--resume: no earlier run in {given.get('out', base.out)!r}; starting a new one", file=sys.stderr)
+            resume = False
+        else:
+            base = saved
+    return replace(base, **given), resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, resume = config_from_args(args)
+        result = train(cfg, resume=resume, progress=not args.no_progress)
+    except TrainingDivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"done: step {result.step}, loss {result.final_loss:.4f}, {result.wall_time_s / 60:.1f} min, "
+          f"precision {result.precision}; checkpoint in {result.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
