@@ -46,6 +46,7 @@ class CheckpointConfig:
     dataset: str = "unknown"
     class_names: tuple[str, ...] | None = None
     training: dict[str, Any] = field(default_factory=dict)  # steps, images_seen, wall time, final loss, ...
+    sampling: dict[str, Any] = field(default_factory=dict)  # recommended defaults, e.g. {"sampler": "ddim", "steps": 50, "cfg": 2.0}
 
     def __post_init__(self) -> None:
         if self.class_names is not None:
@@ -71,6 +72,7 @@ class CheckpointConfig:
                 "channels": self.model.in_channels,
             },
             "training": self.training,
+            "sampling": self.sampling,
         }
 
     @classmethod
@@ -88,7 +90,8 @@ class CheckpointConfig:
             schedule = ScheduleConfig(**sched_d)
             data = d.get("data") or {}
             return cls(model=model, schedule=schedule, dataset=str(data.get("dataset", "unknown")),
-                       class_names=data.get("class_names"), training=dict(d.get("training") or {}))
+                       class_names=data.get("class_names"), training=dict(d.get("training") or {}),
+                       sampling=dict(d.get("sampling") or {}))
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as e:
