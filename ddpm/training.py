@@ -438,6 +438,11 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 may still be writing the last checkpoint
+        dist.destroy_process_group()
     return TrainResult(out, max(step + 1, start_step), last_loss, wall_before + time.time() - t_start, precision)
 
 
