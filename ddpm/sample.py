@@ -1,0 +1,144 @@
+"""Sample images from a checkpoint: a grid PNG, raw uint8 arrays for evaluation, and the denoising GIF.
+
+    python -m ddpm.sample --checkpoint checkpoints/fashion-mnist --label 7 --cfg 3 --sampler ddim --steps 50 \\
+        --seed 0 --n 16 --out grid.png
+    python -m ddpm.sample --checkpoint DIR --label all --n 8 --out samples.npz    # images (N, H, W, C) uint8 + labels
+    python -m ddpm.sample --checkpoint DIR --label Sneaker --n 4 --gif trajectory.gif
+
+Image i of a run uses seed + i, so any image can be reproduced alone. Settings left out default to the
+checkpoint's recommended ones (config.json "sampling"), else to ddpm's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+GRID_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _Parser(prog="python -m ddpm.sample", description="Sample images from a ddpm-studio checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or Hub id user/repo[@revision])")
+    p.add_argument("--label", default=None,
+                   help="class index, class name (case-insensitive) or 'all' (n images of every class, one row "
+                        "per class); default 'all' for a class-conditional model; not allowed for an unconditional one")
+    p.add_argument("--n", type=int, default=16, help="number of images (per class with --label all)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale w: 0 unconditional, 1 conditional, >1 guided")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps, 1..T")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic .. 1 DDPM-like")
+    p.add_argument("--variance", choices=("posterior", "beta"), default=None,
+                   help="DDPM sigma_t^2; 'beta' only with all T steps")
+    p.add_argument("--no-clip", action="store_true", help="do not clip x0_pred to [-1, 1] at each step")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="network precision; bf16 autocast is faster at batch >= 16 on CPUs with bf16 support")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="samples.png", help=f"grid image ({', '.join(GRID_EXTS)}) or .npz of raw uint8 images")
+    p.add_argument("--gif", default=None, help="also write the denoising animation (x_t | x0_pred) to this .gif")
+    p.add_argument("--frames", type=int, default=36, help="animation frames, chosen evenly in log-SNR")
+    p.add_argument("--fps", type=float, default=12.0, help="animation frames per second")
+    p.add_argument("--scale", type=int, default=2, help="integer enlargement of grid and GIF pixels")
+    return p.parse_args(argv)
+
+
+def _labels(pipe, label: str | None, n: int) -> tuple[list[int] | None, int | None]:
+    """(labels for every image or None, images per row)."""
+    if not pipe.conditional:
+        if label is not None:
+            raise ValueError(f"this checkpoint is unconditional; drop --label (got {label!r})")
+        return None, None
+    if label is None or label.strip().lower() == "all":
+        k = pipe.config.model.num_classes
+        return [c for c in range(k) for _ in range(n)], n
+    return [pipe.label_index(label)] * n, None
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Sample as the arguments say; return the files written."""
+    import torch
+
+    import ddpm
+    from ddpm.images import make_grid, save_gif, to_pil, to_uint8
+    from ddpm.trajectory import frame_image, frame_indices
+    from ddpm.training import resolve_device
+
+    out = Path(args.out)
+    kind = out.suffix.lower()
+    if kind != ".npz" and kind not in GRID_EXTS:
+        raise ValueError(f"--out {args.out!r}: use a .npz file or an image ({', '.join(GRID_EXTS)})")
+    if args.gif is not None and Path(args.gif).suffix.lower() != ".gif":
+        raise ValueError(f"--gif {args.gif!r} must end in .gif")
+    if not 1 <= args.n <= 10_000:
+        raise ValueError(f"--n must be in 1..10000, got {args.n}")
+    if args.scale < 1 or args.scale > 32:
+        raise ValueError(f"--scale must be in 1..32, got {args.scale}")
+    if args.frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    if not math.isfinite(args.fps) or args.fps <= 0:
+        raise ValueError(f"--fps must be a positive number, got {args.fps}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+    pipe = ddpm.load(args.checkpoint, device=resolve_device(args.device))
+    recommended = {**DEFAULTS, **{k: v for k, v in pipe.config.sampling.items() if k in DEFAULTS}}
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
+    settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
+                    variance=pick("variance"), clip_x0=not args.no_clip, precision=args.precision, seed=args.seed)
+    labels, per_row = _labels(pipe, args.label, args.n)
+    n = len(labels) if labels is not None else args.n
+    nrow = per_row or math.ceil(math.sqrt(n))
+
+    stream = pipe.stream(labels, n=None if labels is not None else n, **settings)
+    keep = set(frame_indices(pipe.schedule, int(settings["steps"]), args.frames)) if args.gif else set()
+    frames, last = [], None
+    for step in stream:
+        if step.index in keep:
+            frames.append(frame_image(step, nrow=nrow, scale=args.scale))
+        last = step
+    x0 = last.x_t  # (N, C, H, W) in [-1, 1]
+
+    written = []
+    if kind == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"class_names": np.array(pipe.class_names)} if pipe.class_names else {}
+        np.savez_compressed(out, images=to_uint8(x0), labels=np.array(labels if labels is not None else [-1] * n,
+                            dtype=np.int64), seeds=args.seed + np.arange(n, dtype=np.int64), **extra)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        to_pil(make_grid(to_uint8(x0), nrow=nrow), scale=args.scale).save(out)
+    written.append(out)
+    if args.gif:
+        written.append(save_gif(frames, args.gif, fps=args.fps))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        written = run(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input, incl. ddpm.CheckpointError
+        print(f"python -m ddpm.sample: error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
