@@ -312,8 +312,12 @@ def train(
     dataset: ImageDataset | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train a model as described by cfg, writing checkpoints into cfg.out. Returns where and how far."""
+    """Train a model as described by cfg, writing checkpoints into cfg.out. Returns where and how far.
+
+    on_checkpoint(step) runs on the main process after each checkpoint (and its sample grid) is written.
+    """
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -435,6 +439,8 @@ def train(
                 last_saved = done
             if dist_info.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
                 write_sample_grid(out / "samples" / f"step_{done:07d}.png", ema, model_cfg, schedule, seed=cfg.seed)
+            if is_ckpt and dist_info.is_main and on_checkpoint is not None:
+                on_checkpoint(done)
     finally:
         if bar is not None:
             bar.close()
