@@ -3,19 +3,23 @@
     python train.py --dataset fashion-mnist --preset small --steps 30000 --batch-size 128 --out checkpoints/fashion-mnist
     python train.py --out checkpoints/fashion-mnist --resume --steps 40000        # continue a run
     torchrun --nproc_per_node 4 train.py ...                                        # data-parallel (see README)
+    python train.py ... --push-to-hub user/ddpm-fashion [--private] [--hub-revision BRANCH]  # publish at the end
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields, replace
 
+from ddpm.hub import HubError
 from ddpm.training import (
     LR_SCHEDULES,
     PRECISION_CHOICES,
     TrainConfig,
     TrainingDivergedError,
+    has_training_state,
     saved_train_config,
     train,
 )
@@ -55,7 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    hub = p.add_argument_group("Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
+    hub.add_argument("--push-to-hub", metavar="USER/REPO", default=None,
+                     help="after training, upload weights, config, model card and sample grid to this model repo")
+    hub.add_argument("--private", action="store_true", help="create the Hub repo private")
+    hub.add_argument("--hub-revision", metavar="BRANCH", default=None, help="push to this branch (created if needed)")
+    hub.add_argument("--push-every-checkpoint", action="store_true",
+                     help="also push every checkpoint during training (a failed push there only warns)")
+    args = p.parse_args(argv)
+    if args.push_to_hub is None and (args.private or args.hub_revision or args.push_every_checkpoint):
+        p.error("--private, --hub-revision and --push-every-checkpoint need --push-to-hub USER/REPO")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
@@ -68,20 +82,49 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     base = TrainConfig()
     resume = args.resume
     if resume:
-        saved = saved_train_config(given.get("out", base.out))
-        if saved is None:
-            print(f"--resume: no earlier run in {given.get('out', base.out)!r}; starting a new one", file=sys.stderr)
+        out = given.get("out", base.out)
+        saved = saved_train_config(out)
+        if saved is not None:
+            base = saved  # the run's own settings; flags given now override them
+        if not has_training_state(out):
+            what = "its saved settings" if saved else "these settings"
+            print(f"--resume: {out!r} has no checkpoint yet; starting from step 0 with {what}", file=sys.stderr)
             resume = False
-        else:
-            base = saved
     return replace(base, **given), resume
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun run, or a plain single-process run: the only process that talks to the Hub."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def push(args: argparse.Namespace, out: str, *, step: int | None = None) -> None:
+    """Upload the checkpoint in `out` to args.push_to_hub (ddpm.hub.push_checkpoint); raises HubError."""
+    from ddpm.hub import push_checkpoint
+
+    message = f"Checkpoint at step {step}" if step is not None else None
+    url = push_checkpoint(out, args.push_to_hub, private=args.private, revision=args.hub_revision, commit_message=message)
+    print(f"pushed {out} to {args.push_to_hub}: {url}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    on_checkpoint = None
     try:
         cfg, resume = config_from_args(args)
-        result = train(cfg, resume=resume, progress=not args.no_progress)
+        if args.push_to_hub and is_main_process():
+            from ddpm.hub import check_push_target
+
+            check_push_target(args.push_to_hub)  # a bad id or no token fails now, not after hours of training
+        if args.push_every_checkpoint and is_main_process():
+            def on_checkpoint(step: int) -> None:
+                if step == cfg.steps:
+                    return  # the final checkpoint is pushed below
+                try:
+                    push(args, cfg.out, step=step)
+                except HubError as e:
+                    print(f"warning: {e}; training goes on", file=sys.stderr)
+        result = train(cfg, resume=resume, progress=not args.no_progress, on_checkpoint=on_checkpoint)
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -90,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"done: step {result.step}, loss {result.final_loss:.4f}, {result.wall_time_s / 60:.1f} min, "
           f"precision {result.precision}; checkpoint in {result.out}", file=sys.stderr)
+    if args.push_to_hub and is_main_process():
+        try:
+            push(args, str(result.out))
+        except (HubError, ValueError) as e:
+            print(f"error: {e}\nthe checkpoint is saved; retry with: python -m ddpm.hub push {result.out} "
+                  f"{args.push_to_hub}", file=sys.stderr)
+            return 3
     return 0
 
 

@@ -551,9 +551,13 @@ def write_sample_grid(path: Path, ema: EMA, model_cfg: ModelConfig, schedule: No
     save_grid(x0, path, nrow=per_class)
 
 
+def has_training_state(out: str | Path) -> bool:
+    return (Path(out) / STATE_NAME).exists()
+
+
 def saved_train_config(out: str | Path) -> TrainConfig | None:
     """The TrainConfig a run in this folder was started with, if any (for --resume)."""
     path = Path(out) / TRAIN_CONFIG_NAME
-    if not path.exists() or not (Path(out) / STATE_NAME).exists():
+    if not path.exists():
         return None
     return TrainConfig.from_dict(json.loads(path.read_text()))
