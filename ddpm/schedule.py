@@ -133,10 +133,12 @@ class NoiseSchedule:
     # -- conversions ---------------------------------------------------------------------------
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)  (eq. 4 solved for x0)."""
+        t = self.check_t(t)
         return self._gather(self.sqrt_recip_alpha_bar, t, x_t) * x_t - self._gather(self.sqrt_recipm1_alpha_bar, t, x_t) * eps
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """eps = (x_t / sqrt(alpha_bar) - x0) / sqrt(1/alpha_bar - 1)."""
+        t = self.check_t(t)
         return (self._gather(self.sqrt_recip_alpha_bar, t, x_t) * x_t - x0) / self._gather(
             self.sqrt_recipm1_alpha_bar, t, x_t
         )
