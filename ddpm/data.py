@@ -204,3 +204,26 @@ def load_dataset(
     tensor = fit_images(_to_nchw(images), size=image_size, channels=channels)
     label_tensor = torch.as_tensor(np.asarray(labels), dtype=torch.long) if labels is not None else None
     return ImageDataset(name, tensor, label_tensor, class_names, default_flip if hflip is None else hflip)
+
+
+def save_examples(data: ImageDataset, folder: str | Path, *, per_class: int = 1, unconditional_count: int = 8) -> list[Path]:
+    """Write a few real images as PNGs into folder/ (named "<index>_<class>.png"): the app's forward-process examples."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    picks: list[tuple[int, str]] = []
+    if data.labels is not None and data.class_names:
+        for c, name in enumerate(data.class_names):
+            idx = (data.labels == c).nonzero().flatten()[:per_class].tolist()
+            picks += [(i, f"{c}_{name}") for i in idx]
+    else:
+        picks = [(i, f"{i}") for i in range(min(unconditional_count, len(data)))]
+    paths = []
+    for k, (i, stem) in enumerate(picks):
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in stem)
+        path = folder / (f"{safe}.png" if per_class == 1 else f"{safe}_{k}.png")
+        img = data.images[i].permute(1, 2, 0).numpy()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+        paths.append(path)
+    return paths

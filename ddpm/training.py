@@ -31,7 +31,7 @@ from .checkpoint import (
     save_training_state,
     save_weights,
 )
-from .data import ImageDataset, load_dataset, to_model_range
+from .data import ImageDataset, load_dataset, save_examples, to_model_range
 from .model import ModelConfig, UNet, count_parameters, preset_config
 from .schedule import ScheduleConfig, NoiseSchedule
 
@@ -444,6 +444,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    if dist_info.is_main and not (out / "examples").exists():
+        write_examples(cfg, dataset, out / "examples")
     if dist_info.enabled:
         import torch.distributed as dist
 
@@ -553,6 +555,18 @@ def write_sample_grid(path: Path, ema: EMA, model_cfg: ModelConfig, schedule: No
 
 def has_training_state(out: str | Path) -> bool:
     return (Path(out) / STATE_NAME).exists()
+
+
+def write_examples(cfg: TrainConfig, train_data: ImageDataset, folder: Path) -> None:
+    """One real image per class for the app's forward-process tab: from the test split when there is one."""
+    data = train_data
+    if cfg.dataset in ("fashion-mnist", "mnist", "cifar10"):
+        try:
+            data = load_dataset(cfg.dataset, image_size=train_data.images.shape[-1], channels=train_data.images.shape[1],
+                                data_dir=cfg.data_dir, train=False)
+        except (OSError, RuntimeError, ValueError):
+            pass  # no test split here: use training images
+    save_examples(data, folder)
 
 
 def saved_train_config(out: str | Path) -> TrainConfig | None:

@@ -84,7 +84,7 @@ def test_train_py_under_torchrun_writes_one_checkpoint_and_learns(tmp_path: Path
     assert res.returncode == 0, res.stderr[-3000:]
     assert "global batch 32 = 16 x 2 process(es) x 1 accumulation" in res.stderr
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["config.json", "log.jsonl", "model.safetensors", "train_config.json", "training_state.pt"]
+    assert files == ["config.json", "examples", "log.jsonl", "model.safetensors", "train_config.json", "training_state.pt"]
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(10, 61, 10))  # one writer: no duplicated lines
