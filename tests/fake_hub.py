@@ -128,7 +128,8 @@ class FakeHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port or 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-hub", daemon=True)
         self._thread.start()
         return self
 

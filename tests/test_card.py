@@ -1,0 +1,108 @@
+"""ddpm.card: the model card's Hub metadata and contents, and the sample grid (kept, reused or redrawn)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.card import card_metadata, ensure_sample_grid, model_card, write_model_card
+from ddpm.checkpoint import CheckpointConfig, load_config, save_checkpoint
+from ddpm.model import UNet, preset_config
+from ddpm.schedule import ScheduleConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_hub import front_matter  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+
+
+def unconditional_checkpoint(folder: Path, dataset: str = "mnist") -> Path:
+    model_cfg = preset_config("tiny", image_size=12, num_classes=None)
+    torch.manual_seed(0)
+    config = CheckpointConfig(model=model_cfg, schedule=ScheduleConfig(name="linear", timesteps=20), dataset=dataset,
+                              training={"steps": 3, "wall_time_s": 7200.0, "hardware": "test CPU"})
+    return save_checkpoint(folder, UNet(model_cfg), config)
+
+
+def test_metadata_for_conditional_and_unconditional_models(checkpoint, tmp_path):
+    meta = card_metadata(load_config(checkpoint))
+    assert meta == {"license": "mit", "library_name": "ddpm-studio",
+                    "tags": ["ddpm", "diffusion", "class-conditional-image-generation"]}  # "synthetic": no Hub dataset
+    folder = unconditional_checkpoint(tmp_path / "uncond")
+    meta = card_metadata(load_config(folder), license="apache-2.0")
+    assert meta["tags"] == ["ddpm", "diffusion", "unconditional-image-generation"]
+    assert meta["pipeline_tag"] == "unconditional-image-generation"
+    assert meta["datasets"] == ["ylecun/mnist"] and meta["license"] == "apache-2.0"
+
+
+def test_card_shows_training_facts_settings_grid_and_usage(checkpoint):
+    config = load_config(checkpoint)
+    text = model_card(checkpoint, extra={"repo_id": "user/tiny", "license": "cc-by-4.0", "note": "a | b"})
+    meta = front_matter(text)
+    assert meta["license"] == "cc-by-4.0" and meta["library_name"] == "ddpm-studio"
+    assert 'ddpm.load("user/tiny")' in text and "python app.py --hub user/tiny" in text
+    assert f"| steps | {config.training['steps']:,} |" in text
+    assert f"| hardware | {config.training['hardware']} |" in text
+    assert "| parameters | 45,169 |" in text and "Horizontal, Vertical, Square" in text
+    assert "| lr_schedule | constant |" in text  # from train_config.json
+    assert "| note | a \\| b |" in text  # extra rows, escaped for the table
+    assert "samples.png" not in text  # no grid yet: no broken image link
+    assert "## Evaluation" not in text
+
+
+def test_card_includes_evaluation_json_and_flags_a_stale_one(checkpoint):
+    steps = load_config(checkpoint).training["steps"]
+    (checkpoint / "evaluation.json").write_text(json.dumps({"checkpoint_steps": steps, "fd": 1.25}))
+    text = model_card(checkpoint)
+    assert "## Evaluation" in text and "| fd | 1.25 |" in text and "Measured on the checkpoint at step" not in text
+    (checkpoint / "evaluation.json").write_text(json.dumps({"checkpoint_steps": steps - 50, "fd": 1.25}))
+    assert f"Measured on the checkpoint at step {steps - 50:,}; these weights are from step {steps:,}" in model_card(checkpoint)
+
+
+def test_sample_grid_is_drawn_kept_and_redrawn_when_stale(checkpoint):
+    grid = ensure_sample_grid(checkpoint)
+    with Image.open(grid) as img:  # 3 classes x 8 columns of 12 px, 2 px padding
+        assert img.size == (8 * 12 + 9 * 2, 3 * 12 + 4 * 2)
+    first = grid.read_bytes()
+    grid.write_bytes(b"marker")
+    assert ensure_sample_grid(checkpoint).read_bytes() == b"marker"  # newer than the weights: kept
+    weights = checkpoint / "model.safetensors"
+    os.utime(grid, (weights.stat().st_mtime - 10,) * 2)
+    assert ensure_sample_grid(checkpoint).read_bytes() == first  # stale: redrawn, seeded, so identical
+
+    steps = load_config(checkpoint).training["steps"]
+    from_training = checkpoint / "samples" / f"step_{steps:07d}.png"
+    from_training.parent.mkdir(exist_ok=True)
+    from_training.write_bytes(b"training grid")
+    os.utime(grid, (weights.stat().st_mtime - 10,) * 2)
+    assert ensure_sample_grid(checkpoint).read_bytes() == b"training grid"  # the training loop's grid is reused
+
+    card = write_model_card(checkpoint).read_text()
+    assert "![Samples from this model](samples.png)" in card and "one row per class" in card
+
+
+def test_unconditional_card_and_grid(tmp_path):
+    folder = unconditional_checkpoint(tmp_path / "uncond")
+    with Image.open(ensure_sample_grid(folder)) as img:  # 4 rows of 8
+        assert img.size == (8 * 12 + 9 * 2, 4 * 12 + 5 * 2)
+    text = write_model_card(folder).read_text()
+    assert "# DDPM on MNIST" in text and "pipe.sample(n=4" in text and "uncurated samples" in text
+    assert "| wall time | 2.0 h |" in text and "guidance" not in text

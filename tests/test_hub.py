@@ -1,0 +1,375 @@
+"""ddpm.hub end to end against tests/fake_hub.py: push, pull, pinned revisions, offline, hostile repos,
+train.py --push-to-hub and deploy-space. No internet: every request goes to a server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import ddpm
+from ddpm.checkpoint import CheckpointError, load_config
+from ddpm.hub import (
+    HubError,
+    deploy_space,
+    parse_hub_id,
+    pinned_version,
+    push_checkpoint,
+    resolve_checkpoint,
+    space_files,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_hub import FakeHub, front_matter  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_TEST_secret_token_4f2a9c"  # must never show up in an output or an uploaded file
+CHECKPOINT_FILES = {"config.json", "model.safetensors", "README.md", "samples.png"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Sampling the card's grid is ~20x faster with one thread on this 2-core machine under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def hub():
+    with FakeHub(token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's tiny checkpoint (pushing writes README.md and samples.png into it)."""
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+
+
+def examples(folder: Path) -> set[str]:
+    """The example images training writes beside a checkpoint (examples/*.png), as repo paths."""
+    return {p.relative_to(folder).as_posix() for p in (folder / "examples").rglob("*") if p.is_file()}
+
+
+def pull(source: str, hub: FakeHub, cache: Path) -> Path:
+    return resolve_checkpoint(source, endpoint=hub.url, cache_dir=cache, timeout=5)
+
+
+def push(folder: Path, repo: str, hub: FakeHub, **kwargs) -> str:
+    return push_checkpoint(folder, repo, endpoint=hub.url, token=TOKEN, **kwargs)
+
+
+def downloads(hub: FakeHub, name: str) -> list[str]:
+    """The GET requests for a file's bytes."""
+    return [path for method, path in hub.requests if method == "GET" and "/resolve/" in path and path.endswith(name)]
+
+
+def subprocess_env(hub_url: str, home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub_url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def assert_no_token(*texts: str | bytes) -> None:
+    for text in texts:
+        data = text if isinstance(text, bytes) else text.encode()
+        assert TOKEN.encode() not in data
+
+
+# -- ids -------------------------------------------------------------------------------------------
+def test_parse_hub_id():
+    assert parse_hub_id("user/repo") == ddpm.hub.HubId("user/repo", None)
+    assert parse_hub_id("user/repo@v1.0") == ddpm.hub.HubId("user/repo", "v1.0")
+    assert str(parse_hub_id("user/repo@refs/pr/1")) == "user/repo@refs/pr/1"
+    for bad in ("repo", "user/repo/extra", "/repo", "user/..", "user/re po", "user/repo@"):
+        with pytest.raises(ValueError, match="is not a Hub id"):
+            parse_hub_id(bad)
+    with pytest.raises(ValueError, match="revision"):
+        parse_hub_id("user/repo@main", allow_revision=False)
+
+
+def test_missing_local_folder_is_not_sent_to_the_hub():
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint("no/such/folder/here")
+
+
+# -- push and pull -----------------------------------------------------------------------------------
+def test_push_then_pull_into_a_fresh_cache_gives_the_same_model(checkpoint, hub, tmp_path):
+    (checkpoint / "evaluation.json").write_text(json.dumps({"accuracy": 0.5}))
+    url = push(checkpoint, "user/tiny", hub)
+    assert url.startswith(f"{hub.url}/user/tiny/commit/")
+    files = hub.files("user/tiny")
+    # everything a checkpoint needs, nothing else (no training_state.pt, train_config.json, log.jsonl)
+    assert set(files) == CHECKPOINT_FILES | examples(checkpoint) | {"evaluation.json", ".gitattributes"}
+    meta = front_matter(files["README.md"].decode())
+    assert meta["library_name"] == "ddpm-studio" and meta["license"] == "mit"
+    assert meta["tags"] == ["ddpm", "diffusion", "class-conditional-image-generation"]
+    assert "![Samples from this model](samples.png)" in files["README.md"].decode()
+    assert files["samples.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(a == f"Bearer {TOKEN}" for a in hub.authorizations)
+
+    folder = pull("user/tiny", hub, tmp_path / "cache")
+    assert folder.is_relative_to(tmp_path / "cache") and folder.name == hub.repo("user/tiny").branches["main"]
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} == \
+        CHECKPOINT_FILES | examples(checkpoint)
+    original, pulled = load_file(checkpoint / "model.safetensors"), load_file(folder / "model.safetensors")
+    assert original.keys() == pulled.keys() and all(torch.equal(original[k], pulled[k]) for k in original)
+    kwargs = dict(labels=[0, 1, 2], sampler="ddim", steps=10, cfg=2.0, seed=7)
+    assert torch.equal(ddpm.load(checkpoint).sample(**kwargs), ddpm.load(folder).sample(**kwargs))
+    assert load_config(folder) == load_config(checkpoint)
+
+
+def test_pull_a_pinned_revision_and_a_branch(checkpoint, hub, tmp_path):
+    push(checkpoint, "user/tiny", hub)
+    first = hub.repo("user/tiny").branches["main"]
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v + 0.5 for k, v in weights.items()}, checkpoint / "model.safetensors", metadata={"format": "ddpm-studio"})
+    push(checkpoint, "user/tiny", hub)
+    push(checkpoint, "user/tiny", hub, revision="experiment")  # a branch, created from main
+    second = hub.repo("user/tiny").branches["main"]
+    assert first != second and hub.repo("user/tiny").branches["experiment"] == second
+
+    cache = tmp_path / "cache"
+    old = load_file(pull(f"user/tiny@{first}", hub, cache) / "model.safetensors")
+    new = load_file(pull("user/tiny", hub, cache) / "model.safetensors")
+    assert all(torch.equal(old[k], weights[k]) for k in weights)
+    assert all(torch.equal(new[k], weights[k] + 0.5) for k in weights)
+    assert pull("user/tiny@experiment", hub, cache).name == second
+    with pytest.raises(CheckpointError, match="no revision 'nope'"):
+        pull("user/tiny@nope", hub, cache)
+
+
+def test_wrong_repo_id_gives_a_clear_error(hub, tmp_path):
+    with pytest.raises(CheckpointError, match="the Hub has no model repo 'user/missing'"):
+        pull("user/missing", hub, tmp_path / "cache")
+
+
+# -- offline -----------------------------------------------------------------------------------------
+def test_server_stopped_warm_cache_works_cold_cache_fails_fast(checkpoint, hub, tmp_path):
+    push(checkpoint, "user/tiny", hub)
+    commit = hub.repo("user/tiny").branches["main"]
+    warm = tmp_path / "warm"
+    pulled = pull("user/tiny", hub, warm)
+    url = hub.url
+    hub.stop()
+
+    for source in ("user/tiny", f"user/tiny@{commit}"):
+        assert resolve_checkpoint(source, endpoint=url, cache_dir=warm, timeout=5) == pulled
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub .* not in the local cache"):
+        resolve_checkpoint("user/tiny", endpoint=url, cache_dir=tmp_path / "cold", timeout=5)
+    print(f"cold cache, Hub down: CheckpointError after {time.perf_counter() - start:.3f} s")
+
+
+def test_offline_mode_env_in_a_fresh_process(checkpoint, hub, tmp_path):
+    """HF_HUB_OFFLINE=1 / HF_ENDPOINT / HF_HOME are read at import: set them before, in a subprocess."""
+    push(checkpoint, "user/tiny", hub)
+    warm, cold = tmp_path / "warm", tmp_path / "cold"
+    pull("user/tiny", hub, warm / "hub")  # HF_HOME/hub is the default cache
+    code = "import ddpm; print(ddpm.load('user/tiny').sample([1], steps=3).shape)"
+    ok = subprocess.run([sys.executable, "-c", code], env=subprocess_env(hub.url, warm, HF_HUB_OFFLINE="1"),
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "torch.Size([1, 1, 12, 12])" in ok.stdout and "using the cached copy" in ok.stderr
+    start = time.perf_counter()
+    bad = subprocess.run([sys.executable, "-m", "ddpm.hub", "pull", "user/tiny"],
+                         env=subprocess_env(hub.url, cold, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=120)
+    print(f"cold cache, HF_HUB_OFFLINE=1: `python -m ddpm.hub pull` failed after {time.perf_counter() - start:.1f} s")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "error: cannot reach the Hugging Face Hub" in bad.stderr and "not in the local cache" in bad.stderr
+
+
+# -- hostile or broken repos -------------------------------------------------------------------------
+def test_repo_without_config_json(hub, tmp_path):
+    hub.add_commit("user/not-ddpm", {"model.safetensors": b"\0" * 64, "README.md": b"# hi\n"})
+    with pytest.raises(CheckpointError, match="has no config.json: it is not a ddpm-studio checkpoint"):
+        pull("user/not-ddpm", hub, tmp_path / "cache")
+    assert not downloads(hub, "model.safetensors")
+
+
+def test_pickle_weights_are_never_loaded(hub, tmp_path, tiny_checkpoint):
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    config = (tiny_checkpoint / "config.json").read_bytes()
+    hub.add_commit("user/bin-only", {"config.json": config, "pytorch_model.bin": pickle.dumps(Payload())})
+    with pytest.raises(CheckpointError, match=r"no model.safetensors; pickle files \(pytorch_model.bin\) are never loaded"):
+        pull("user/bin-only", hub, tmp_path / "cache")
+    assert not downloads(hub, "pytorch_model.bin")
+
+    hub.add_commit("user/pickle", {"config.json": config, "model.safetensors": pickle.dumps(Payload())})
+    folder = pull("user/pickle", hub, tmp_path / "cache")  # small enough to download, but never unpickled:
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
+        ddpm.load(folder)
+    assert not marker.exists()
+
+
+def test_tampered_config_is_rejected_before_the_weights_are_downloaded(hub, tmp_path, tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    config["model"]["base_channels"] = 1_000_000
+    weights = (tiny_checkpoint / "model.safetensors").read_bytes()
+    hub.add_commit("user/tampered", {"config.json": json.dumps(config).encode(), "model.safetensors": weights})
+    with pytest.raises(CheckpointError, match=r"not a usable ddpm-studio checkpoint: .*base_channels=1000000 is not allowed"):
+        pull("user/tampered", hub, tmp_path / "cache")
+    assert downloads(hub, "config.json") and not downloads(hub, "model.safetensors")
+
+
+def test_oversized_weights_are_not_downloaded(hub, tmp_path, tiny_checkpoint):
+    config = (tiny_checkpoint / "config.json").read_bytes()
+    n = ddpm.hub.parameter_count(load_config(tiny_checkpoint).model)
+    hub.add_commit("user/huge", {"config.json": config, "model.safetensors": b"\0" * (4 * n + (2 << 20))})
+    with pytest.raises(CheckpointError, match="model.safetensors; more than the"):
+        pull("user/huge", hub, tmp_path / "cache")
+    assert not downloads(hub, "model.safetensors")
+
+
+# -- push errors -------------------------------------------------------------------------------------
+def test_push_errors_are_clear(checkpoint, hub, tmp_path):
+    with pytest.raises(HubError, match="pushing .* failed: .*401"):
+        push_checkpoint(checkpoint, "user/tiny", endpoint=hub.url, token="hf_wrong")
+    with pytest.raises(ValueError, match="is not a Hub id"):
+        push(checkpoint, "not-an-id", hub)
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        push(tmp_path, "user/tiny", hub)
+    assert not hub.repos
+
+
+# -- train.py --push-to-hub --------------------------------------------------------------------------
+def write_image_folder(root: Path) -> Path:
+    """Two classes of 8 tiny grayscale PNGs: a dataset train.py reads as folder:PATH."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("dark", "light")):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 100, (12, 12)) + 150 * c
+            Image.fromarray(pixels.astype(np.uint8), mode="L").save(root / name / f"{i}.png")
+    return root
+
+
+def test_train_py_push_to_hub_end_to_end(hub, tmp_path):
+    data, out = write_image_folder(tmp_path / "images"), tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--dataset", f"folder:{data}", "--image-size", "12", "--channels", "1",
+           "--preset", "tiny", "--timesteps", "50", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1",
+           "--precision", "fp32", "--device", "cpu", "--threads", "1", "--sample-every", "0", "--checkpoint-every", "2",
+           "--log-every", "2", "--no-progress", "--out", str(out),
+           "--push-to-hub", "user/trained", "--private", "--hub-revision", "v1", "--push-every-checkpoint"]
+    run = subprocess.run(cmd, env=subprocess_env(hub.url, tmp_path / "home", HF_TOKEN=TOKEN), capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "pushed" in run.stderr
+    repo = hub.repo("user/trained")
+    assert repo.private and set(repo.branches) == {"main", "v1"}
+    files = hub.files("user/trained", "v1")
+    assert set(files) == CHECKPOINT_FILES | examples(out) | {".gitattributes"}
+    assert json.loads(files["config.json"])["training"]["steps"] == 4
+    messages = [c.message for c in repo.commits.values()]
+    assert "Checkpoint at step 2" in messages and "Upload checkpoint at step 4" in messages
+    card = files["README.md"].decode()
+    assert front_matter(card)["tags"][-1] == "class-conditional-image-generation" and "| steps | 4 |" in card
+    assert_no_token(run.stdout, run.stderr, *files.values(), *(p.read_bytes() for p in out.rglob("*") if p.is_file()))
+
+    # pulled in a fresh process through the same env vars the app uses
+    code = "import ddpm; p = ddpm.load('user/trained@v1'); print(p.class_names)"
+    pulled = subprocess.run([sys.executable, "-c", code], env=subprocess_env(hub.url, tmp_path / "home2", HF_TOKEN=TOKEN),
+                            capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "('dark', 'light')" in pulled.stdout
+
+
+def test_train_py_without_a_token_fails_before_training(hub, tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--dataset", "mnist-5k", "--out", str(tmp_path / "run"),
+           "--push-to-hub", "user/x"]
+    run = subprocess.run(cmd, env=subprocess_env(hub.url, tmp_path / "empty-home"), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1 and "needs a token with write access: set HF_TOKEN" in run.stderr
+    assert not (tmp_path / "run").exists() and not hub.requests
+
+
+# -- deploy-space ------------------------------------------------------------------------------------
+def fake_project(root: Path, checkpoint: Path) -> Path:
+    """A project tree with the files a Space needs and the clutter it must not get."""
+    shutil.copytree(ROOT / "ddpm", root / "ddpm", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "ddpm" / "__pycache__").mkdir()
+    (root / "ddpm" / "__pycache__" / "hub.cpython-311.pyc").write_bytes(b"junk")
+    (root / "app.py").write_text("import os\nprint(os.environ.get('DDPM_HUB_REPO'))\n")
+    shutil.copy(ROOT / "requirements.txt", root / "requirements.txt")
+    ckpt = root / "checkpoints" / "fashion-mnist"
+    ckpt.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "training_state.pt", "train_config.json", "log.jsonl"):
+        shutil.copy(checkpoint / name, ckpt / name)
+    (ckpt / "README.md").write_text("# card\n")
+    (ckpt / "samples.png").write_bytes(b"\x89PNG fake")
+    (ckpt / "examples" / "sneaker").mkdir(parents=True)
+    (ckpt / "examples" / "sneaker" / "final.png").write_bytes(b"\x89PNG fake")
+    (ckpt / "samples").mkdir()
+    (ckpt / "samples" / "step_0000001.png").write_bytes(b"\x89PNG fake")
+    for clutter in ("tests/test_x.py", "runs/a/log.jsonl", ".pytest_cache/x", "checkpoints/other/config.json",
+                    ".gradio/cache.bin", "notes.md"):
+        (root / clutter).parent.mkdir(parents=True, exist_ok=True)
+        (root / clutter).write_text("clutter")
+    return root
+
+
+def test_deploy_space_uploads_exactly_the_space_files(checkpoint, hub, tmp_path):
+    push(checkpoint, "user/tiny", hub)
+    root = fake_project(tmp_path / "project", checkpoint)
+    ddpm_files = {f"ddpm/{p.name}" for p in (ROOT / "ddpm").glob("*.py")}
+    expected = {"README.md", "app.py", "requirements.txt", *ddpm_files,
+                *(f"checkpoints/fashion-mnist/{n}" for n in ("config.json", "model.safetensors", "README.md",
+                                                             "samples.png", "examples/sneaker/final.png"))}
+    assert set(space_files(root)) | {"README.md"} == expected
+
+    cmd = [sys.executable, "-m", "ddpm.hub", "deploy-space", "user/studio", "--model", "user/tiny@v1", "--root", str(root)]
+    env = subprocess_env(hub.url, tmp_path / "home", HF_TOKEN=TOKEN)
+    hub.repo("user/tiny").branches["v1"] = hub.repo("user/tiny").branches["main"]  # deploy checks the revision exists
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    space = hub.repo("user/studio", "space")
+    files = hub.files("user/studio", repo_type="space")
+    assert set(files) == expected | {".gitattributes"}
+    assert hub.pushed_paths("user/studio", "space") == expected
+    assert files["app.py"] == (root / "app.py").read_bytes()
+    assert files["checkpoints/fashion-mnist/model.safetensors"] == (checkpoint / "model.safetensors").read_bytes()
+    meta = front_matter(files["README.md"].decode())
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["python_version"] == "3.11"
+    assert meta["sdk_version"] == pinned_version((ROOT / "requirements.txt").read_text(), "gradio")
+    assert meta["models"] == ["user/tiny"] and meta["colorFrom"] and meta["colorTo"] and meta["title"] and meta["emoji"]
+    assert space.sdk == "gradio" and space.variables["DDPM_HUB_REPO"]["value"] == "user/tiny@v1"
+    assert_no_token(run.stdout, run.stderr, *files.values())
+
+    # a second deploy makes the tree exact again: files gone locally are deleted from the Space
+    shutil.rmtree(root / "checkpoints" / "fashion-mnist" / "examples")
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert set(hub.files("user/studio", repo_type="space")) == (expected | {".gitattributes"}) - {
+        "checkpoints/fashion-mnist/examples/sneaker/final.png"}
+
+
+def test_deploy_space_checks_its_inputs(checkpoint, hub, tmp_path):
+    root = fake_project(tmp_path / "project", checkpoint)
+    with pytest.raises(HubError, match="the Hub has no model 'user/missing'"):
+        deploy_space("user/studio", model="user/missing", root=root, endpoint=hub.url, token=TOKEN)
+    (root / "app.py").unlink()
+    with pytest.raises(ValueError, match="app.py' not found"):
+        deploy_space("user/studio", model="user/tiny", root=root, endpoint=hub.url, token=TOKEN)
+    with pytest.raises(ValueError, match="pins no gradio version"):
+        pinned_version("torch==2.0\ngradio>=6\n", "gradio")
+    assert ("space", "user/studio") not in hub.repos
