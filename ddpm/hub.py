@@ -13,7 +13,8 @@ Downloading is safe against a hostile or broken repo, and quick when the Hub is 
   1. one time-boxed request (model_info) finds the commit and the file sizes. If the Hub cannot be reached
      (no network, HF_HUB_OFFLINE=1, a timeout, a 5xx) the cached copy is used, else a CheckpointError.
      A pinned commit (user/repo@<40 hex>) that is already cached needs no request at all;
-  2. config.json alone is downloaded and validated (ModelConfig bounds every size);
+  2. config.json alone is downloaded and validated (ModelConfig bounds every size, and a UNet from the Hub
+     may have at most MAX_HUB_PARAMETERS);
   3. only then model.safetensors (its size checked against the config's parameter count) and the card files.
 Weights are only ever read as safetensors; pickle files (.bin, .pt, .ckpt) are never downloaded.
 
@@ -42,6 +43,7 @@ CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "samples.png", "exam
 PUSH_FILES = CHECKPOINT_FILES + ("evaluation.json",)  # never training_state.pt, logs or samples/
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_CONFIG_BYTES = 1 << 20
+MAX_HUB_PARAMETERS = 200_000_000  # ModelConfig allows ~4e9; a UNet from the Hub may not need 16 GB (base preset: 9e6)
 MAX_CARD_FILE_BYTES = 64 << 20  # README.md, samples.png, each example
 SAFETENSORS_HEADER_BYTES = 1 << 20  # allowance on top of 4 bytes per parameter
 DEFAULT_TIMEOUT_S = 10.0  # per Hub request while resolving; DDPM_HUB_TIMEOUT overrides
@@ -164,9 +166,13 @@ def download_checkpoint(repo_id: str, *, revision: str | None = None, endpoint: 
         config = load_config(folder)
     except CheckpointError as e:
         raise CheckpointError(f"the Hub repo {where!r} is not a usable ddpm-studio checkpoint: {e}") from None
+    n_params = parameter_count(config.model)
+    if n_params > MAX_HUB_PARAMETERS:
+        raise CheckpointError(f"the Hub repo {where!r} describes a {n_params:,}-parameter UNet; more than the "
+                              f"{MAX_HUB_PARAMETERS:,} accepted from the Hub, so it is not downloaded")
     commit = folder.name
     tree = get.tree(commit)
-    _check_size(where, WEIGHTS_NAME, tree.get(WEIGHTS_NAME, 0), 4 * parameter_count(config.model) + SAFETENSORS_HEADER_BYTES)
+    _check_size(where, WEIGHTS_NAME, tree.get(WEIGHTS_NAME, 0), 4 * n_params + SAFETENSORS_HEADER_BYTES)
     for name, size in tree.items():
         if name not in (CONFIG_NAME, WEIGHTS_NAME):
             _check_size(where, name, size, MAX_CARD_FILE_BYTES)

@@ -232,6 +232,16 @@ def test_tampered_config_is_rejected_before_the_weights_are_downloaded(hub, tmp_
     assert downloads(hub, "config.json") and not downloads(hub, "model.safetensors")
 
 
+def test_a_valid_but_huge_config_is_rejected_before_the_weights_are_downloaded(hub, tmp_path, tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    config["model"].update(base_channels=512, channel_mult=[1, 2], num_res_blocks=8, norm_groups=8)
+    assert ddpm.hub.parameter_count(ddpm.ModelConfig.from_dict(config["model"])) > ddpm.hub.MAX_HUB_PARAMETERS
+    hub.add_commit("user/huge-config", {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64})
+    with pytest.raises(CheckpointError, match="-parameter UNet; more than the 200,000,000 accepted from the Hub"):
+        pull("user/huge-config", hub, tmp_path / "cache")
+    assert not downloads(hub, "model.safetensors")
+
+
 def test_oversized_weights_are_not_downloaded(hub, tmp_path, tiny_checkpoint):
     config = (tiny_checkpoint / "config.json").read_bytes()
     n = ddpm.hub.parameter_count(load_config(tiny_checkpoint).model)
