@@ -1,0 +1,247 @@
+"""Checkpoint folders: round trips, fp16 weights, and a clear CheckpointError for every kind of broken folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ddpm
+from ddpm.checkpoint import (
+    CONFIG_NAME,
+    STATE_NAME,
+    WEIGHTS_NAME,
+    CheckpointConfig,
+    CheckpointError,
+    load_config,
+    load_model,
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from ddpm.model import UNet, preset_config
+from ddpm.schedule import ScheduleConfig
+
+
+def random_model(num_classes: int | None = 3, seed: int = 0) -> UNet:
+    model = UNet(preset_config("tiny", image_size=12, num_classes=num_classes))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def config_for(model: UNet, **kw) -> CheckpointConfig:
+    names = tuple(f"class {i}" for i in range(model.config.num_classes)) if model.config.num_classes else None
+    return CheckpointConfig(model=model.config, schedule=ScheduleConfig(name="cosine", timesteps=500), dataset="synthetic",
+                            class_names=names, **kw)
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> tuple[Path, UNet]:
+    model = random_model()
+    save_checkpoint(tmp_path / "ck", model, config_for(model, sampling={"sampler": "ddim", "steps": 20, "cfg": 2.0}))
+    return tmp_path / "ck", model
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 1, 12, 12, generator=g), torch.tensor([0, 250, 499]), torch.tensor([0, 2, 3])
+
+
+def test_round_trip_same_outputs(saved):
+    folder, model = saved
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temp files left
+    loaded, config = load_model(folder)
+    x, t, y = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), model(x, t, y))
+    assert config.model == model.config
+    assert config.schedule == ScheduleConfig(name="cosine", timesteps=500)
+    assert config.class_names == ("class 0", "class 1", "class 2")
+    assert config.sampling == {"sampler": "ddim", "steps": 20, "cfg": 2.0}
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_config_json_describes_itself(saved):
+    folder, model = saved
+    d = json.loads((folder / CONFIG_NAME).read_text())
+    assert d["format"] == "ddpm-studio" and d["format_version"] == 1 and d["library_version"] == ddpm.__version__
+    assert d["data"] == {"dataset": "synthetic", "class_names": ["class 0", "class 1", "class 2"], "image_size": 12,
+                         "channels": 1}
+    assert d["model"]["base_channels"] == model.config.base_channels
+    assert CheckpointConfig.from_dict(d) == load_config(folder)
+
+
+def test_pipeline_loads_the_same_weights(saved):
+    folder, model = saved
+    pipe = ddpm.load(folder)
+    x, t, y = _inputs()
+    with torch.no_grad():
+        assert torch.equal(pipe.model(x, t, y), model(x, t, y))
+    assert pipe.T == 500 and pipe.image_shape == (1, 12, 12)
+
+
+def test_fp16_weights(tmp_path):
+    model = random_model()
+    save_checkpoint(tmp_path, model, config_for(model), dtype="fp16")
+    with safe_open(str(tmp_path / WEIGHTS_NAME), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    fp32_size = sum(p.numel() * 4 for p in model.state_dict().values())
+    assert (tmp_path / WEIGHTS_NAME).stat().st_size < 0.6 * fp32_size
+    loaded, _ = load_model(tmp_path)
+    for k, v in model.state_dict().items():
+        assert loaded.state_dict()[k].dtype == torch.float32
+        assert torch.equal(loaded.state_dict()[k], v.half().float())
+    x, t, y = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, y), model(x, t, y), atol=2e-2, rtol=2e-2)
+
+
+def test_unknown_weight_dtype(tmp_path):
+    model = random_model()
+    with pytest.raises(ValueError, match="fp8.*fp32"):
+        save_checkpoint(tmp_path, model, config_for(model), dtype="fp8")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_config(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="not found"):
+        ddpm.load(tmp_path / "nope")
+
+
+def test_missing_config(saved):
+    folder, _ = saved
+    (folder / CONFIG_NAME).unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        ddpm.load(folder)
+
+
+def test_missing_weights(saved):
+    folder, _ = saved
+    (folder / WEIGHTS_NAME).unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        ddpm.load(folder)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\xff" * 64])
+def test_corrupt_weights(saved, content):
+    folder, _ = saved
+    (folder / WEIGHTS_NAME).write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        ddpm.load(folder)
+
+
+def test_truncated_weights(saved):
+    folder, _ = saved
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    (folder / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        ddpm.load(folder)
+
+
+def test_corrupt_config_json(saved):
+    folder, _ = saved
+    (folder / CONFIG_NAME).write_text("{ this is not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        ddpm.load(folder)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_wrong_format_version(saved, version):
+    folder, _ = saved
+    d = json.loads((folder / CONFIG_NAME).read_text())
+    d["format_version"] = version
+    (folder / CONFIG_NAME).write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="format_version"):
+        ddpm.load(folder)
+
+
+def test_not_our_format(saved):
+    folder, _ = saved
+    (folder / CONFIG_NAME).write_text(json.dumps({"_class_name": "UNet2DModel"}))  # e.g. a diffusers folder
+    with pytest.raises(CheckpointError, match="not a ddpm-studio checkpoint"):
+        ddpm.load(folder)
+
+
+@pytest.mark.parametrize("change", [{"base_channels": 16}, {"channel_mult": [1, 2, 2]}, {"num_classes": 5},
+                                    {"num_res_blocks": 2}])
+def test_weights_that_do_not_fit_the_config(saved, change):
+    folder, _ = saved
+    d = json.loads((folder / CONFIG_NAME).read_text())
+    d["model"].update(change)
+    if "num_classes" in change:
+        d["data"]["class_names"] = None
+    (folder / CONFIG_NAME).write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        ddpm.load(folder)
+
+
+def test_extra_and_missing_tensors(saved):
+    folder, model = saved
+    tensors = dict(model.state_dict())
+    tensors["surprise.weight"] = torch.zeros(2)
+    del tensors["stem.weight"]
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match="missing: stem.weight.*unexpected: surprise.weight"):
+        ddpm.load(folder)
+
+
+@pytest.mark.parametrize("change", [{"image_size": 10**6}, {"exec": "import os"}, {"base_channels": "lots"}])
+def test_hostile_model_config(saved, change):
+    folder, _ = saved
+    d = json.loads((folder / CONFIG_NAME).read_text())
+    d["model"].update(change)
+    (folder / CONFIG_NAME).write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="invalid"):
+        ddpm.load(folder)
+
+
+def test_class_names_must_match_num_classes():
+    model = random_model()
+    with pytest.raises(CheckpointError, match="2 class names"):
+        CheckpointConfig(model=model.config, schedule=ScheduleConfig(), class_names=("a", "b"))
+
+
+def test_training_state_round_trip(tmp_path):
+    model = random_model()
+    state = {"model": model.state_dict(), "step": 7, "torch_rng": torch.get_rng_state(), "model_config": "{}"}
+    save_training_state(tmp_path, state)
+    loaded = load_training_state(tmp_path)
+    assert loaded["step"] == 7
+    assert all(torch.equal(loaded["model"][k], v) for k, v in model.state_dict().items())
+
+
+class Payload:
+    """A custom class: a weights_only load must refuse to build it."""
+
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code!",))
+
+
+def test_training_state_refuses_pickled_objects(tmp_path, capsys):
+    torch.save({"step": 1, "evil": Payload()}, tmp_path / STATE_NAME)
+    with pytest.raises(CheckpointError, match="cannot be loaded as a training state"):
+        load_training_state(tmp_path)
+    assert "unpickled" not in capsys.readouterr().out
+
+
+def test_missing_training_state(tmp_path):
+    with pytest.raises(CheckpointError, match="training_state.pt"):
+        load_training_state(tmp_path)
+
+
+def test_unconditional_round_trip(tmp_path):
+    model = random_model(num_classes=None)
+    save_checkpoint(tmp_path, model, config_for(model))
+    pipe = ddpm.load(tmp_path)
+    assert not pipe.conditional and pipe.class_names is None
+    x, t, _ = _inputs()
+    with torch.no_grad():
+        assert torch.equal(pipe.model(x, t), model(x, t))
