@@ -21,6 +21,7 @@ GRID_NAME = "samples.png"
 EVALUATION_NAME = "evaluation.json"
 DEFAULT_LICENSE = "mit"  # Fashion-MNIST and MNIST are MIT-licensed; override with extra={"license": ...}
 LIBRARY_NAME = "ddpm-studio"
+MARKER = "<!-- ddpm-studio model card: regenerated from config.json on every push; edits are overwritten -->"
 # how the grid is drawn: the settings of ddpm.training.write_sample_grid, so a training grid can be reused
 GRID_PER_ROW, GRID_STEPS, GRID_CFG, GRID_UNCONDITIONAL_ROWS = 8, 25, 2.0, 4
 
@@ -106,7 +107,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
     sampling = {"sampler": "ddim", "steps": 50, "cfg": 3.0, **config.sampling}
 
-    out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", ""]
+    out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
     out += [f"# DDPM on {dataset_name}", "",
             f"A {kind} denoising diffusion probabilistic model (Ho et al., 2020) of {m.image_size}x{m.image_size} "
             f"{color} images, trained from scratch on {dataset_name} with ddpm-studio "
@@ -172,6 +173,12 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
             f"A small model trained on small {dataset_name} images: samples are {m.image_size}x{m.image_size} "
             "and show the dataset's biases. It is a teaching and demo model, not a production image generator.", ""]
     return "\n".join(out)
+
+
+def is_generated_card(folder: str | Path) -> bool:
+    """True when folder/README.md is absent or was written by write_model_card (so it may be rewritten)."""
+    path = Path(folder) / CARD_NAME
+    return not path.exists() or MARKER in path.read_text(encoding="utf-8", errors="replace")
 
 
 def write_model_card(folder: Path, *, extra: dict | None = None) -> Path:

@@ -171,7 +171,7 @@ def download_checkpoint(repo_id: str, *, revision: str | None = None, endpoint: 
         raise CheckpointError(f"the Hub repo {where!r} describes a {n_params:,}-parameter UNet; more than the "
                               f"{MAX_HUB_PARAMETERS:,} accepted from the Hub, so it is not downloaded")
     commit = folder.name
-    tree = get.tree(commit)
+    tree = get.tree(commit) or sizes
     _check_size(where, WEIGHTS_NAME, tree.get(WEIGHTS_NAME, 0), 4 * n_params + SAFETENSORS_HEADER_BYTES)
     for name, size in tree.items():
         if name not in (CONFIG_NAME, WEIGHTS_NAME):
@@ -208,11 +208,17 @@ class _Snapshots:
             return None
         return folder if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file() else None
 
-    def tree(self, commit: str) -> dict[str, int]:
-        """path -> size of the commit's files, from the listing snapshot_download cached (no request)."""
+    def tree(self, commit: str) -> dict[str, int] | None:
+        """path -> size of the commit's files, from the listing snapshot_download cached (no request); None if
+        it could not be cached (e.g. a read-only cache)."""
         from huggingface_hub import get_cached_repo_tree
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError
 
-        return {f.path: f.size for f in get_cached_repo_tree(self.repo_id, revision=commit, cache_dir=self.cache_dir)}
+        try:
+            files = get_cached_repo_tree(self.repo_id, revision=commit, cache_dir=self.cache_dir)
+        except CachedRepoTreeNotFoundError:
+            return None
+        return {f.path: f.size for f in files}
 
 
 def parameter_count(model_config) -> int:
@@ -260,9 +266,10 @@ def push_checkpoint(folder: str | Path, repo_id: str, *, private: bool = False, 
     """Upload a checkpoint folder (weights, config, a fresh model card and sample grid) to a model repo.
 
     Creates the repo (and the branch `revision`) when needed. Only PUSH_FILES are uploaded; such files on the
-    Hub that the folder no longer has are deleted. Returns the commit URL.
+    Hub that the folder no longer has are deleted. README.md is regenerated unless someone wrote their own
+    (it lacks the card's marker line). Returns the commit URL.
     """
-    from .card import ensure_sample_grid, write_model_card
+    from .card import ensure_sample_grid, is_generated_card, write_model_card
 
     hub_id = check_push_target(repo_id, token=token)
     folder = Path(folder)
@@ -273,7 +280,10 @@ def push_checkpoint(folder: str | Path, repo_id: str, *, private: bool = False, 
 
     api = HfApi(endpoint=endpoint, token=token)
     ensure_sample_grid(folder)
-    write_model_card(folder, extra={"repo_id": hub_id.repo_id, **(card_extra or {})})
+    if is_generated_card(folder):
+        write_model_card(folder, extra={"repo_id": hub_id.repo_id, **(card_extra or {})})
+    else:
+        log.warning("%s/README.md was not written by ddpm-studio: it is pushed as it is", folder)
     steps = config.training.get("steps")
     message = commit_message or (f"Upload checkpoint at step {steps}" if steps else "Upload checkpoint")
     try:

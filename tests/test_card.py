@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.card import card_metadata, ensure_sample_grid, model_card, write_model_card
+from ddpm.card import card_metadata, ensure_sample_grid, is_generated_card, model_card, write_model_card
 from ddpm.checkpoint import CheckpointConfig, load_config, save_checkpoint
 from ddpm.model import UNet, preset_config
 from ddpm.schedule import ScheduleConfig
@@ -97,6 +97,14 @@ def test_sample_grid_is_drawn_kept_and_redrawn_when_stale(checkpoint):
 
     card = write_model_card(checkpoint).read_text()
     assert "![Samples from this model](samples.png)" in card and "one row per class" in card
+
+
+def test_only_generated_cards_count_as_rewritable(checkpoint):
+    assert is_generated_card(checkpoint)  # none yet
+    write_model_card(checkpoint)
+    assert is_generated_card(checkpoint)
+    (checkpoint / "README.md").write_text("# written by hand\n")
+    assert not is_generated_card(checkpoint)
 
 
 def test_unconditional_card_and_grid(tmp_path):

@@ -262,6 +262,13 @@ def test_push_errors_are_clear(checkpoint, hub, tmp_path):
     assert not hub.repos
 
 
+def test_a_hand_written_card_is_pushed_as_it_is(checkpoint, hub):
+    (checkpoint / "README.md").write_text("---\nlicense: apache-2.0\n---\n# My own card\n")
+    push(checkpoint, "user/tiny", hub)
+    assert hub.files("user/tiny")["README.md"] == (checkpoint / "README.md").read_bytes()
+    assert b"My own card" in hub.files("user/tiny")["README.md"]
+
+
 # -- train.py --push-to-hub --------------------------------------------------------------------------
 def write_image_folder(root: Path) -> Path:
     """Two classes of 8 tiny grayscale PNGs: a dataset train.py reads as folder:PATH."""
