@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -174,6 +175,22 @@ def test_server_stopped_warm_cache_works_cold_cache_fails_fast(checkpoint, hub, 
     with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub .* not in the local cache"):
         resolve_checkpoint("user/tiny", endpoint=url, cache_dir=tmp_path / "cold", timeout=5)
     print(f"cold cache, Hub down: CheckpointError after {time.perf_counter() - start:.3f} s")
+
+
+def test_a_hub_that_never_answers_is_time_boxed(checkpoint, hub, tmp_path):
+    """A silent server (connections accepted by the kernel, no reply): the timeout, then the cache or an error."""
+    push(checkpoint, "user/tiny", hub)
+    warm = tmp_path / "warm"
+    pulled = pull("user/tiny", hub, warm)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        assert resolve_checkpoint("user/tiny", endpoint=url, cache_dir=warm, timeout=1) == pulled
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub .*Timeout"):
+            resolve_checkpoint("user/tiny", endpoint=url, cache_dir=tmp_path / "cold", timeout=1)
+        print(f"cold cache, silent Hub, timeout=1: CheckpointError after {time.perf_counter() - start:.2f} s")
 
 
 def test_offline_mode_env_in_a_fresh_process(checkpoint, hub, tmp_path):
