@@ -68,7 +68,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise ValueError(f"{path}: header says {dims} but holds {arr.size} bytes")
-    return arr.reshape(dims)
+    return arr.reshape(dims).copy()  # writable: frombuffer over bytes is read-only
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
