@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointConfig, load_config
+from .checkpoint import WEIGHTS_NAME, CheckpointConfig, load_config
 
 CARD_NAME = "README.md"
 GRID_NAME = "samples.png"
