@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import CheckpointConfig, load_config, load_model
 from .model import UNet
-from .samplers import SamplerOptions, Step, run_to_end, sample_steps
+from .samplers import SamplerOptions, Step, check_seed, run_to_end, sample_steps
 from .schedule import NoiseSchedule
 
 Label = int | str
@@ -103,6 +103,7 @@ class Pipeline:
         options = SamplerOptions(sampler=sampler, steps=steps, cfg=cfg, eta=eta, variance=variance, clip_x0=clip_x0,
                                  guidance_interval=guidance_interval, precision=precision)
         options.validate(self.T)  # fail now, not at the first next()
+        check_seed(seed, count)
         return sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=options,
                             null_label=self.config.model.num_classes, image_shape=self.image_shape, device=self.device)
 

@@ -106,10 +106,15 @@ def timesteps_for(T: int, steps: int) -> list[int]:
     return [int(t) for t in ts]  # distinct because steps <= T
 
 
-def make_rngs(seed: int, n: int) -> list[torch.Generator]:
-    """One CPU generator per image: image i gets seed + i, so it is the same image alone or in a batch."""
+def check_seed(seed: int, n: int) -> None:
+    """Raise ValueError unless seed, ..., seed + n - 1 are all valid seeds."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED - n:
         raise ValueError(f"seed must be an integer in 0..{MAX_SEED - n}, got {seed!r}")
+
+
+def make_rngs(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per image: image i gets seed + i, so it is the same image alone or in a batch."""
+    check_seed(seed, n)
     return [torch.Generator().manual_seed(int(seed) + i) for i in range(n)]
 
 

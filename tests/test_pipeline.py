@@ -1,0 +1,107 @@
+"""The public API: ddpm.load(folder) -> Pipeline; sample / stream with labels by index or name; clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ddpm
+from ddpm.samplers import Step
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint) -> ddpm.Pipeline:
+    return ddpm.load(tiny_checkpoint)
+
+
+def test_load_describes_the_model(pipe, tiny_checkpoint):
+    assert isinstance(pipe, ddpm.Pipeline)
+    assert pipe.class_names == ("Horizontal", "Vertical", "Square")
+    assert pipe.conditional and pipe.T == 1000 and pipe.image_shape == (1, 12, 12)
+    assert pipe.source == str(tiny_checkpoint)
+    assert ddpm.load(str(tiny_checkpoint)).class_names == pipe.class_names  # str or Path
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sample_shape_and_range(pipe, sampler):
+    images = pipe.sample(labels=[0, 2, 1], steps=6, sampler=sampler, cfg=3.0, seed=0)
+    assert images.shape == (3, 1, 12, 12) and images.dtype == torch.float32
+    assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
+    assert torch.isfinite(images).all()
+
+
+def test_full_chain_with_beta_variance(pipe):
+    images = pipe.sample(labels=[1], steps=pipe.T, sampler="ddpm", variance="beta", seed=0)
+    assert images.shape == (1, 1, 12, 12)
+
+
+def test_labels_by_name_and_index(pipe):
+    for label, expected in (("Horizontal", 0), ("horizontal", 0), ("VERTICAL", 1), ("  Square ", 2), (2, 2), ("1", 1),
+                            (0, 0), (2.0, 2)):
+        assert pipe.label_index(label) == expected, label
+    by_name = pipe.sample(labels=["square", "Vertical"], steps=4, seed=3)
+    by_index = pipe.sample(labels=[2, 1], steps=4, seed=3)
+    assert torch.equal(by_name, by_index)
+
+
+def test_stream_yields_steps(pipe):
+    steps = list(pipe.stream(labels=["Square"], steps=5, seed=1))
+    assert len(steps) == 5 and all(isinstance(s, Step) for s in steps)
+    assert steps[0].t == pipe.T - 1 and steps[-1].t == 0
+    assert torch.equal(steps[-1].x_t, pipe.sample(labels=["Square"], steps=5, seed=1))
+
+
+def test_the_label_changes_the_image(pipe):
+    a = pipe.sample(labels=[0], steps=10, seed=5, cfg=3.0)
+    b = pipe.sample(labels=[1], steps=10, seed=5, cfg=3.0)
+    assert not torch.allclose(a, b, atol=0.05)
+
+
+@pytest.mark.parametrize("label,message", [
+    ("Sneaker", r"unknown class 'Sneaker'; classes are Horizontal, Vertical, Square \(or an index 0..2\)"),
+    (3, r"label 3 is out of range; use a class index 0..2"),
+    (-1, r"out of range; use a class index 0..2"),
+    ("7", r"label 7 is out of range; use a class index 0..2"),
+    (True, r"class index 0..2"),
+    (1.5, r"class index 0..2"),
+])
+def test_bad_labels(pipe, label, message):
+    with pytest.raises(ValueError, match=message):
+        pipe.sample(labels=[label], steps=2)
+
+
+def test_labels_are_required_for_a_conditional_model(pipe):
+    with pytest.raises(ValueError, match="class-conditional"):
+        pipe.sample(labels=None, n=2, steps=2)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(steps=0), r"steps must be an integer in 1..1000, got 0"),
+    (dict(steps=1001), r"steps must be an integer in 1..1000, got 1001"),
+    (dict(cfg=-0.5), r"cfg \(guidance scale\) must be a finite number >= 0, got -0.5"),
+    (dict(sampler="euler"), r"unknown sampler 'euler'; choose one of ddpm, ddim"),
+    (dict(eta=2.0), r"eta must be a number in \[0, 1\]"),
+    (dict(sampler="ddpm", steps=50, variance="beta"), r"variance='beta' is only allowed with all 1000 steps"),
+    (dict(precision="fp16"), r"unknown precision 'fp16'; choose one of fp32, bf16"),
+    (dict(seed=-3), r"seed must be an integer in 0\.\."),
+])
+def test_bad_settings_fail_at_call_time(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe.stream(labels=[0], **kwargs)  # not only at the first next()
+
+
+def test_unconditional_pipeline(tmp_path):
+    from ddpm.checkpoint import CheckpointConfig, save_checkpoint
+    from ddpm.model import UNet, preset_config
+    from ddpm.schedule import ScheduleConfig
+
+    model = UNet(preset_config("tiny", image_size=8, num_classes=None))
+    save_checkpoint(tmp_path, model, CheckpointConfig(model=model.config, schedule=ScheduleConfig(timesteps=50)))
+    pipe = ddpm.load(tmp_path)
+    assert pipe.sample(n=3, steps=4).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="unconditional"):
+        pipe.sample(labels=[0], steps=4)
+    with pytest.raises(ValueError, match="n must be a positive number"):
+        pipe.sample(n=0, steps=4)
+    with pytest.raises(ValueError, match="unconditional"):
+        pipe.label_index(0)
