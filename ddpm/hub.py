@@ -31,6 +31,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config
@@ -44,7 +45,7 @@ PUSH_FILES = CHECKPOINT_FILES + ("evaluation.json",)  # never training_state.pt,
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_HUB_PARAMETERS = 200_000_000  # ModelConfig allows ~4e9; a UNet from the Hub may not need 16 GB (base preset: 9e6)
-MAX_CARD_FILE_BYTES = 64 << 20  # README.md, samples.png, each example
+MAX_CARD_FILES_BYTES = 256 << 20  # README.md, samples.png and examples/ together
 SAFETENSORS_HEADER_BYTES = 1 << 20  # allowance on top of 4 bytes per parameter
 DEFAULT_TIMEOUT_S = 10.0  # per Hub request while resolving; DDPM_HUB_TIMEOUT overrides
 SPACE_MODEL_VARIABLE = "DDPM_HUB_REPO"  # the Space variable app.py reads
@@ -173,9 +174,9 @@ def download_checkpoint(repo_id: str, *, revision: str | None = None, endpoint: 
     commit = folder.name
     tree = get.tree(commit) or sizes
     _check_size(where, WEIGHTS_NAME, tree.get(WEIGHTS_NAME, 0), 4 * n_params + SAFETENSORS_HEADER_BYTES)
-    for name, size in tree.items():
-        if name not in (CONFIG_NAME, WEIGHTS_NAME):
-            _check_size(where, name, size, MAX_CARD_FILE_BYTES)
+    card_files = [n for n in tree if n not in (CONFIG_NAME, WEIGHTS_NAME) and any(fnmatch(n, p) for p in CHECKPOINT_FILES)]
+    _check_size(where, "set of card files (README.md, samples.png, examples/)", sum(tree[n] or 0 for n in card_files),
+                MAX_CARD_FILES_BYTES)
     return get.download(commit, list(CHECKPOINT_FILES))
 
 

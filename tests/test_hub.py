@@ -258,13 +258,21 @@ def test_a_valid_but_huge_config_is_rejected_before_the_weights_are_downloaded(h
     assert not downloads(hub, "model.safetensors")
 
 
-def test_oversized_weights_are_not_downloaded(hub, tmp_path, tiny_checkpoint):
+def test_oversized_files_are_not_downloaded(hub, tmp_path, tiny_checkpoint, monkeypatch):
     config = (tiny_checkpoint / "config.json").read_bytes()
     n = ddpm.hub.parameter_count(load_config(tiny_checkpoint).model)
     hub.add_commit("user/huge", {"config.json": config, "model.safetensors": b"\0" * (4 * n + (2 << 20))})
     with pytest.raises(CheckpointError, match="model.safetensors; more than the"):
         pull("user/huge", hub, tmp_path / "cache")
     assert not downloads(hub, "model.safetensors")
+
+    monkeypatch.setattr(ddpm.hub, "MAX_CARD_FILES_BYTES", 1000)  # the card files are bounded together
+    weights = (tiny_checkpoint / "model.safetensors").read_bytes()
+    hub.add_commit("user/many-examples", {"config.json": config, "model.safetensors": weights, "other.bin": b"\0" * 5000,
+                                          **{f"examples/{i}.png": b"\0" * 300 for i in range(4)}})
+    with pytest.raises(CheckpointError, match="1,200-byte set of card files"):
+        pull("user/many-examples", hub, tmp_path / "cache")
+    assert not downloads(hub, ".png") and not downloads(hub, "other.bin")
 
 
 # -- push errors -------------------------------------------------------------------------------------
