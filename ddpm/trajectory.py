@@ -3,7 +3,9 @@
 A run of S steps has far more steps than an animation needs, and equal steps in t are not equal
 changes to the eye: most of the picture appears over a narrow band of noise levels. Frames are
 therefore picked evenly in log-SNR, log(alpha_bar_t / (1 - alpha_bar_t)), the noise level of each
-step's input x_t.
+step's input x_t, clipped to [-8, 8]: below -8 the signal in x_t has amplitude < 0.02 (pure noise to the
+eye), above 8 so has the noise. Without the clip the cosine schedule's tails (log-SNR -20 at t = T-1)
+would take a third of the frames.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from .images import make_grid, to_pil, to_uint8
 from .samplers import Step, timesteps_for
 from .schedule import NoiseSchedule
 
+LOG_SNR_CLIP = (-8.0, 8.0)  # outside it x_t looks like pure noise / like the final image
+
 
 def step_log_snr(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     """log-SNR at the time step each of a run's `steps` steps evaluates the model at, shape (steps,), increasing."""
@@ -25,10 +29,11 @@ def step_log_snr(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     return schedule.log_snr[torch.tensor(ts)].double().numpy()
 
 
-def frames_by_log_snr(log_snr: Sequence[float] | np.ndarray | torch.Tensor, k: int) -> list[int]:
-    """Indices of min(k, S) of the S steps, spread evenly in log-SNR; first and last step always included.
+def frames_by_log_snr(log_snr: Sequence[float] | np.ndarray | torch.Tensor, k: int, *,
+                      clip: tuple[float, float] = LOG_SNR_CLIP) -> list[int]:
+    """Indices of min(k, S) of the S steps, spread evenly in log-SNR clipped to `clip`; first and last step always in.
 
-    log_snr: (S,) the log-SNR of every step of a run, in step order (monotone, as from `step_log_snr`).
+    log_snr: (S,) the log-SNR of every step of a run, in step order (as from `step_log_snr`).
     Returns strictly increasing indices in 0..S-1. With k = 1 the only frame is the last step.
     """
     v = np.asarray(log_snr, dtype=np.float64).reshape(-1)
@@ -43,15 +48,13 @@ def frames_by_log_snr(log_snr: Sequence[float] | np.ndarray | torch.Tensor, k: i
         return list(range(S))
     if k == 1:
         return [S - 1]
+    v = np.clip(v, *clip)
     targets = np.linspace(v[0], v[-1], k)
-    picked: list[int] = []
-    lo = 0
-    for j, target in enumerate(targets):
-        hi = S - (k - j)  # leave one step for each of the k - j - 1 frames still to pick
-        idx = lo + int(np.argmin(np.abs(v[lo : hi + 1] - target)))
-        picked.append(idx)
-        lo = idx + 1
-    return picked
+    picked = [0]
+    for j in range(1, k - 1):
+        lo, hi = picked[-1] + 1, S - 1 - (k - 1 - j)  # leave one step for each frame still to pick
+        picked.append(lo + int(np.argmin(np.abs(v[lo : hi + 1] - targets[j]))))
+    return picked + [S - 1]
 
 
 def frame_indices(schedule: NoiseSchedule, steps: int, k: int) -> list[int]:

@@ -1,0 +1,141 @@
+"""python -m ddpm.sample on the tiny checkpoint: grid PNG, raw .npz, the trajectory GIF, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ddpm
+from ddpm.images import to_uint8
+from ddpm.sample import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = 12  # the tiny checkpoint's image side
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "ddpm.sample", *args, "--threads", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def grid_side(n: int, pad: int = 2) -> int:
+    return n * TINY + (n + 1) * pad
+
+
+def test_grid_of_every_class(tiny_checkpoint, tmp_path):
+    out = tmp_path / "grid.png"
+    r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "all", "--n", "2", "--steps", "5", "--scale", "1",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    img = Image.open(out)
+    assert img.size == (grid_side(2), grid_side(3))  # one row of 2 per class, 3 classes
+    assert img.mode == "L"
+
+
+def test_npz_and_gif_match_the_python_api(tiny_checkpoint, tmp_path):
+    npz, gif = tmp_path / "s.npz", tmp_path / "t.gif"
+    r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "vertical", "--n", "3", "--sampler", "ddpm",
+                "--steps", "8", "--cfg", "2", "--seed", "5", "--out", str(npz), "--gif", str(gif), "--frames", "5")
+    assert r.returncode == 0, r.stderr
+    data = np.load(npz)
+    assert data["images"].shape == (3, TINY, TINY, 1) and data["images"].dtype == np.uint8
+    assert data["labels"].tolist() == [1, 1, 1]
+    assert data["seeds"].tolist() == [5, 6, 7]
+    assert data["class_names"].tolist() == ["Horizontal", "Vertical", "Square"]
+    expected = to_uint8(ddpm.load(tiny_checkpoint).sample(labels=[1] * 3, sampler="ddpm", steps=8, cfg=2.0, seed=5))
+    assert np.abs(data["images"].astype(int) - expected.astype(int)).max() <= 2
+    with Image.open(gif) as anim:
+        assert anim.n_frames == 5
+        side = grid_side(2)  # 3 images -> 2 per row, 2 rows
+        assert anim.size == ((2 * side + 4) * 2, side * 2)  # x_t | x0_pred, default scale 2
+
+
+def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
+    r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "Sneaker", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert "unknown class 'Sneaker'; classes are Horizontal, Vertical, Square" in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "0"], "steps must be an integer in 1..1000, got 0"),
+    (["--steps", "1001"], "steps must be an integer in 1..1000"),
+    (["--label", "3"], "label 3 is out of range; use a class index 0..2"),
+    (["--cfg", "-1"], "cfg (guidance scale) must be a finite number >= 0"),
+    (["--sampler", "euler"], "invalid choice: 'euler'"),
+    (["--sampler", "ddpm", "--steps", "20", "--variance", "beta"], "variance='beta' is only allowed with all 1000 steps"),
+    (["--eta", "3"], "eta must be a number in [0, 1]"),
+    (["--seed", "-1"], "seed must be an integer in 0.."),
+    (["--n", "0"], "--n must be in 1..10000"),
+    (["--out", "samples.txt"], "use a .npz file or an image"),
+    (["--gif", "anim.mp4"], "must end in .gif"),
+    (["--frames", "0"], "--frames must be at least 1"),
+    (["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["--device", "quantum"], "unknown device 'quantum'"),
+    (["--steps", "many"], "invalid int value: 'many'"),
+])
+def test_bad_input_messages(tiny_checkpoint, tmp_path, capsys, args, message):
+    argv = ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.png"), *args]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_missing_or_broken_checkpoint(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--checkpoint", str(tmp_path / "empty")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_defaults_come_from_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = {"sampler": "ddpm", "steps": 3, "cfg": 1.5}
+    (folder / "config.json").write_text(json.dumps(config))
+    gif = tmp_path / "t.gif"
+    assert main(["--checkpoint", str(folder), "--label", "0", "--n", "1", "--out", str(tmp_path / "g.png"),
+                 "--gif", str(gif), "--frames", "50"]) == 0
+    with Image.open(gif) as anim:
+        assert anim.n_frames == 3  # the recommended 3 steps, every one a frame
+
+
+def test_bf16_precision(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b.npz"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--label", "Square", "--n", "2", "--steps", "4",
+                 "--precision", "bf16", "--out", str(out)]) == 0
+    assert np.load(out)["images"].shape == (2, TINY, TINY, 1)
+
+
+def test_unconditional_checkpoint_refuses_label(tmp_path, capsys):
+    from ddpm.checkpoint import CheckpointConfig, save_checkpoint
+    from ddpm.model import UNet, preset_config
+    from ddpm.schedule import ScheduleConfig
+
+    model = UNet(preset_config("tiny", image_size=8, num_classes=None))
+    save_checkpoint(tmp_path / "u", model, CheckpointConfig(model=model.config, schedule=ScheduleConfig(timesteps=20)))
+    assert main(["--checkpoint", str(tmp_path / "u"), "--label", "1", "--out", str(tmp_path / "u.png")]) == 2
+    assert "unconditional; drop --label" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "u"), "--n", "3", "--steps", "2", "--out", str(tmp_path / "u.npz")]) == 0
+    data = np.load(tmp_path / "u.npz")
+    assert data["images"].shape == (3, 8, 8, 1) and data["labels"].tolist() == [-1, -1, -1]
+    assert "class_names" not in data
