@@ -34,13 +34,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label", default=None,
                    help="class index, class name (case-insensitive) or 'all' (n images of every class, one row "
                         "per class); default 'all' for a class-conditional model; not allowed for an unconditional one")
-    p.add_argument("--n", type=int, default=16, help="number of images (per class with --label all)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale w: 0 unconditional, 1 conditional, >1 guided")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps, 1..T")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic .. 1 DDPM-like")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of images (default 16), or images per class with --label all (default 8)")
+    rec = "default: the checkpoint's recommendation, else"
+    p.add_argument("--cfg", type=float, default=None,
+                   help=f"guidance scale w: 0 unconditional, 1 conditional, >1 guided ({rec} {DEFAULTS['cfg']})")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help=f"({rec} {DEFAULTS['sampler']})")
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps, 1..T ({rec} {DEFAULTS['steps']})")
+    p.add_argument("--eta", type=float, default=None,
+                   help=f"DDIM noise: 0 deterministic .. 1 DDPM-like ({rec} {DEFAULTS['eta']})")
     p.add_argument("--variance", choices=("posterior", "beta"), default=None,
-                   help="DDPM sigma_t^2; 'beta' only with all T steps")
+                   help=f"DDPM sigma_t^2; 'beta' only with all T steps ({rec} {DEFAULTS['variance']})")
     p.add_argument("--no-clip", action="store_true", help="do not clip x0_pred to [-1, 1] at each step")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -55,16 +59,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _labels(pipe, label: str | None, n: int) -> tuple[list[int] | None, int | None]:
-    """(labels for every image or None, images per row)."""
+def _labels(pipe, label: str | None, n: int | None) -> tuple[list[int] | None, int, int]:
+    """(labels of every image or None for an unconditional model, number of images, images per grid row)."""
     if not pipe.conditional:
         if label is not None:
             raise ValueError(f"this checkpoint is unconditional; drop --label (got {label!r})")
-        return None, None
+        n = n or 16
+        return None, n, math.ceil(math.sqrt(n))
     if label is None or label.strip().lower() == "all":
-        k = pipe.config.model.num_classes
-        return [c for c in range(k) for _ in range(n)], n
-    return [pipe.label_index(label)] * n, None
+        per_class = n or 8
+        labels = [c for c in range(pipe.config.model.num_classes) for _ in range(per_class)]
+        return labels, len(labels), per_class  # one row per class
+    n = n or 16
+    return [pipe.label_index(label)] * n, n, math.ceil(math.sqrt(n))
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"--out {args.out!r}: use a .npz file or an image ({', '.join(GRID_EXTS)})")
     if args.gif is not None and Path(args.gif).suffix.lower() != ".gif":
         raise ValueError(f"--gif {args.gif!r} must end in .gif")
-    if not 1 <= args.n <= 10_000:
+    if args.n is not None and not 1 <= args.n <= 10_000:
         raise ValueError(f"--n must be in 1..10000, got {args.n}")
     if args.scale < 1 or args.scale > 32:
         raise ValueError(f"--scale must be in 1..32, got {args.scale}")
@@ -100,9 +107,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
     settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
                     variance=pick("variance"), clip_x0=not args.no_clip, precision=args.precision, seed=args.seed)
-    labels, per_row = _labels(pipe, args.label, args.n)
-    n = len(labels) if labels is not None else args.n
-    nrow = per_row or math.ceil(math.sqrt(n))
+    labels, n, nrow = _labels(pipe, args.label, args.n)
 
     stream = pipe.stream(labels, n=None if labels is not None else n, **settings)
     keep = set(frame_indices(pipe.schedule, int(settings["steps"]), args.frames)) if args.gif else set()

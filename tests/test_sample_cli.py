@@ -119,6 +119,12 @@ def test_defaults_come_from_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
         assert anim.n_frames == 3  # the recommended 3 steps, every one a frame
 
 
+def test_default_is_every_class_8_per_row(tiny_checkpoint, tmp_path):
+    out = tmp_path / "all.png"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--steps", "2", "--scale", "3", "--out", str(out)]) == 0
+    assert Image.open(out).size == (grid_side(8) * 3, grid_side(3) * 3)
+
+
 def test_bf16_precision(tiny_checkpoint, tmp_path):
     out = tmp_path / "b.npz"
     assert main(["--checkpoint", str(tiny_checkpoint), "--label", "Square", "--n", "2", "--steps", "4",
