@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     import torch
 
     import ddpm
+    from ddpm.frames import frames_by_log_snr, side_by_side, step_log_snr
     from ddpm.images import make_grid, save_gif, to_pil, to_uint8
-    from ddpm.trajectory import frame_image, frame_indices
+    from ddpm.samplers import timesteps_for
     from ddpm.training import resolve_device
 
     out = Path(args.out)
@@ -110,23 +111,28 @@ def run(args: argparse.Namespace) -> list[Path]:
     labels, n, nrow = _labels(pipe, args.label, args.n)
 
     stream = pipe.stream(labels, n=None if labels is not None else n, **settings)
-    keep = set(frame_indices(pipe.schedule, int(settings["steps"]), args.frames)) if args.gif else set()
+    def grid(x: torch.Tensor) -> np.ndarray:  # (B, C, H, W) in [-1, 1] -> uint8 (H', W', C), nrow per row
+        return make_grid(to_uint8(x), nrow=nrow)
+
+    keep = set()
+    if args.gif:  # the same log-SNR-spaced frames as the app's animation
+        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, timesteps_for(pipe.T, settings["steps"])), args.frames))
     frames, last = [], None
     for step in stream:
         if step.index in keep:
-            frames.append(frame_image(step, nrow=nrow, scale=args.scale))
+            frames.append(side_by_side(grid(step.x_t), grid(step.x0_pred), scale=args.scale))
         last = step
-    x0 = last.x_t  # (N, C, H, W) in [-1, 1]
+    images = last.x_t  # (N, C, H, W) in [-1, 1]
 
     written = []
     if kind == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         extra = {"class_names": np.array(pipe.class_names)} if pipe.class_names else {}
-        np.savez_compressed(out, images=to_uint8(x0), labels=np.array(labels if labels is not None else [-1] * n,
+        np.savez_compressed(out, images=to_uint8(images), labels=np.array(labels if labels is not None else [-1] * n,
                             dtype=np.int64), seeds=args.seed + np.arange(n, dtype=np.int64), **extra)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-        to_pil(make_grid(to_uint8(x0), nrow=nrow), scale=args.scale).save(out)
+        to_pil(grid(images), scale=args.scale).save(out)
     written.append(out)
     if args.gif:
         written.append(save_gif(frames, args.gif, fps=args.fps))

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import ddpm
+from ddpm.frames import GAP
 from ddpm.images import to_uint8
 from ddpm.sample import main
 
@@ -57,7 +58,7 @@ def test_npz_and_gif_match_the_python_api(tiny_checkpoint, tmp_path):
     with Image.open(gif) as anim:
         assert anim.n_frames == 5
         side = grid_side(2)  # 3 images -> 2 per row, 2 rows
-        assert anim.size == ((2 * side + 4) * 2, side * 2)  # x_t | x0_pred, default scale 2
+        assert anim.size == ((2 * side + GAP) * 2, side * 2)  # x_t | x0_pred, default scale 2
 
 
 def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
