@@ -201,7 +201,7 @@ def image_to_model(image: np.ndarray, image_shape: tuple[int, int, int]) -> torc
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
         raise ValueError(f"expected an image of shape (H, W) or (H, W, 1|3|4), got {a.shape}")
     a = a[..., :3]
-    x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]  # (1, C, H, W)
+    x = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None]  # (1, C, H, W)
     c, s = image_shape[0], image_shape[1]
     h, w = x.shape[-2:]
     m = min(h, w)

@@ -1,0 +1,127 @@
+"""The user's path in a real browser: Playwright drives Debian's headless Chromium against the app on 127.0.0.1.
+
+Records every request the page makes and fails on any that leaves 127.0.0.1 (the app must work offline).
+Set DDPM_ARTIFACTS=/some/dir to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+                                reason="needs Debian's chromium at /usr/bin/chromium")
+
+# Collects, in the page, every src the live x_t image gets and whether the final image was there yet.
+WATCH_LIVE_FRAMES = """() => {
+  window.__live = [];
+  const seen = () => {
+    const img = document.querySelector('#live-xt img');
+    const final = document.querySelector('#final img');
+    if (img && img.src && (window.__live.length === 0 || window.__live.at(-1).src !== img.src)) {
+      window.__live.push({src: img.src, finalShown: !!(final && final.src),
+                          status: document.querySelector('#status')?.innerText || ''});
+    }
+  };
+  new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                     attributeFilter: ['src']});
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_checkpoint, tmp_path_factory):
+    import app
+
+    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path_factory.mktemp("none")))
+    port = _free_port()
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_generate_in_the_browser(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    artifacts = Path(os.environ.get("DDPM_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    requests: list[str] = []
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1300, "height": 1000})
+        try:
+            context.on("request", lambda r: requests.append(r.url))
+            page = context.new_page()
+            page.on("websocket", lambda ws: requests.append(ws.url))
+            page.goto(app_url)
+            expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
+
+            # the controls: sliders through their number boxes, seed, image count, the sampler
+            steps = page.get_by_label("number input for Steps")
+            steps.fill("300")
+            steps.press("Enter")
+            cfg = page.get_by_label("number input for CFG scale (guidance)")
+            cfg.fill("2.5")
+            cfg.press("Enter")
+            page.get_by_label("Seed").fill("7")
+            page.get_by_label("4", exact=True).check()
+            page.get_by_text("Advanced").click()
+            page.get_by_label("DDPM (ancestral)").check()
+            expect(steps).to_have_value("300")
+
+            page.evaluate(WATCH_LIVE_FRAMES)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#status")).to_contain_text("Done:", timeout=120_000)
+
+            live = page.evaluate("window.__live")
+            before_end = [f for f in live if not f["finalShown"] and not f["status"].startswith("Done")]
+            assert len({f["src"] for f in before_end}) >= 3, live
+            assert all(".png" in f["src"] for f in live)  # lossless PNG, not webp
+            assert all(f["status"].startswith(("Step", "Sampling")) for f in before_end), live
+
+            final = page.locator("#final img")
+            expect(final).to_be_visible(timeout=30_000)
+            assert final.get_attribute("src").endswith(".png")
+            video = page.locator("#video video")
+            expect(video).to_be_visible(timeout=30_000)
+            assert ".mp4" in video.get_attribute("src")
+            expect(page.locator("#files")).to_contain_text(".gif")
+            expect(page.locator("#run-info")).to_contain_text("seed 7")
+            page.wait_for_timeout(500)  # let the video show its first frame
+            page.screenshot(path=str(artifacts / "app_generate.png"), full_page=True)
+
+            # the scrubber moves through the recorded steps without sampling again
+            box = page.get_by_label("number input for Scrub the finished run (recorded steps)")
+            box.fill("0")
+            box.press("Enter")
+            expect(page.locator("#status")).to_contain_text("Recorded step 1/300", timeout=30_000)
+
+            # the forward-process tab draws its plot
+            page.get_by_role("tab", name="Forward process").click()
+            expect(page.locator("#schedule-plot img")).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(artifacts / "app_forward.png"), full_page=True)
+        finally:
+            context.close()
+
+    outside = [u for u in requests if urlsplit(u).scheme not in ("data", "blob")
+               and urlsplit(u).hostname != "127.0.0.1"]
+    assert requests and not outside, outside
