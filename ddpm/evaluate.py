@@ -1,0 +1,355 @@
+"""Built-in evaluation of a diffusion checkpoint with the project's own classifier.
+
+    python -m ddpm.evaluate --checkpoint checkpoints/fashion-mnist --classifier checkpoints/fashion-mnist-classifier \
+        --sampler ddim --steps 50 --cfg 0 1 1.5 2 3 5 --n-per-class 100 --json eval.json
+
+For every sampler setting it generates N images per class (image i with seed + i, so the batch size does
+not matter) and reports:
+
+    accuracy      the classifier's accuracy on the samples against the requested classes
+    FD            the Fréchet distance between the classifier's penultimate features of the samples and
+                  of the whole real test set: ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))
+                  (FID's formula, with this small classifier in place of Inception)
+    FD floor      the same for N real training images: what a perfect generator scores at this N
+    FD ceiling    the same for N images of Gaussian noise, N(0, 1) clipped to [-1, 1]
+    NN            the mean L2 distance (pixels in [0, 1]) from each sample to its nearest training image,
+                  against the same for N real test images: a ratio well below 1 means copying
+
+Images are quantised to uint8 first, as they would be when saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .classifier import Classifier, load_classifier, load_split, predict
+from .data import load_dataset
+from .pipeline import Pipeline
+
+
+# -- the statistics --------------------------------------------------------------------------------
+def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D), float64, of features (N, D) with N >= 2."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise ValueError("features contain NaN or inf")
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _sqrt_psd(s: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)). S1 S2 has the same eigenvalues as the
+    symmetric PSD matrix S1^(1/2) S2 S1^(1/2), so tr((S1 S2)^(1/2)) is the sum of the square roots of
+    that matrix's eigenvalues: real and stable even for singular covariances, and no scipy needed.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"shapes do not match: mu1 {mu1.shape}, sigma1 {s1.shape}, mu2 {mu2.shape}, sigma2 {s2.shape}; "
+                         f"expected (D,) and (D, D) for both")
+    r1 = _sqrt_psd(s1)
+    inner = r1 @ s2 @ r1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean, 0.0))
+
+
+def frechet_distance_features(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets (N1, D) and (N2, D)."""
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
+    """L2 distance (N,) from each query image to its nearest reference image; uint8 images (N, C, H, W) scaled to [0, 1]."""
+    if queries.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"image shapes differ: queries {tuple(queries.shape[1:])}, reference {tuple(reference.shape[1:])}")
+    r = reference.flatten(1).float() / 255.0  # (M, D)
+    r_sq = (r * r).sum(1)  # (M,)
+    out = []
+    for part in queries.split(chunk):
+        q = part.flatten(1).float() / 255.0  # (n, D)
+        # ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r finds the nearest one fast; its distance is then
+        # recomputed directly, in float64, so that a copied image gives exactly 0
+        nearest = (r_sq[None, :] - 2.0 * (q @ r.T)).argmin(dim=1)  # (n,)
+        out.append((q.double() - r[nearest].double()).norm(dim=1).float())
+    return torch.cat(out)
+
+
+def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W), as a saved image would hold it."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def balanced_subset(labels: torch.Tensor, n_per_class: int, num_classes: int, *, seed: int) -> torch.Tensor:
+    """Indices of n_per_class random examples of every class, sorted by class."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < n_per_class:
+            raise ValueError(f"n_per_class={n_per_class} but class {c} has only {len(idx)} images here; "
+                             f"use --n-per-class in 2..{len(idx)}")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:n_per_class]])
+    return torch.cat(picks)
+
+
+# -- the evaluation --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: how the samples are drawn."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    cfg: float = 3.0
+    eta: float = 0.0
+    guidance_interval: tuple[float, float] | None = None
+    precision: str = "fp32"
+
+
+@dataclass
+class Reference:
+    """What real data and noise score at the same N: the yardsticks every row is read against."""
+
+    n: int
+    test_features: np.ndarray  # (N_test, D), the whole real test split
+    fd_train_floor: float
+    fd_noise_ceiling: float
+    accuracy_train_subset: float
+    nn_test_to_train: float
+    train_images: torch.Tensor  # uint8 (M, C, H, W): the diffusion model's training set
+    test_size: int
+    train_size: int
+
+
+def build_reference(classifier: Classifier, dataset: str, *, n_per_class: int, image_size: int, channels: int,
+                    seed: int = 0) -> Reference:
+    """Real-data yardsticks. mnist-5k: the classifier's 1,000 held-out images are the test split."""
+    train_split = load_split(dataset, train=True, image_size=image_size, channels=channels)
+    test_split = load_split(dataset, train=False, image_size=image_size, channels=channels)
+    # the memorisation check compares samples with everything the diffusion model was trained on
+    model_train = (load_dataset(dataset, image_size=image_size, channels=channels, train=True)
+                   if dataset == "mnist-5k" else train_split)
+    k = classifier.config.num_classes
+    n = n_per_class * k
+    _, test_feats = predict(classifier, test_split.images)
+    train_idx = balanced_subset(train_split.labels, n_per_class, k, seed=seed)
+    train_pred, train_feats = predict(classifier, train_split.images[train_idx])
+    noise = torch.randn((n, channels, image_size, image_size), generator=torch.Generator().manual_seed(seed))
+    _, noise_feats = predict(classifier, to_uint8_images(noise))
+    # n random real test images against the training split (disjoint from the test split for every dataset)
+    test_idx = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(seed + 1))[:n]
+    nn_test = nearest_neighbour_distances(test_split.images[test_idx], train_split.images)
+    return Reference(
+        n=n, test_features=test_feats.numpy(),
+        fd_train_floor=frechet_distance_features(train_feats, test_feats),
+        fd_noise_ceiling=frechet_distance_features(noise_feats, test_feats),
+        accuracy_train_subset=float((train_pred == train_split.labels[train_idx]).float().mean()),
+        nn_test_to_train=float(nn_test.mean()), train_images=model_train.images,
+        test_size=len(test_split), train_size=len(model_train),
+    )
+
+
+def generate(pipe: Pipeline, labels: torch.Tensor, setting: Setting, *, seed: int, batch_size: int,
+             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """uint8 samples (N, C, H, W) for the given labels; image i uses seed + i whatever the batch size."""
+    out = []
+    for start in range(0, len(labels), batch_size):
+        part = labels[start : start + batch_size].tolist()
+        x = pipe.sample(part, seed=seed + start, sampler=setting.sampler, steps=setting.steps, cfg=setting.cfg,
+                        eta=setting.eta, guidance_interval=setting.guidance_interval, precision=setting.precision)
+        out.append(to_uint8_images(x))
+        if progress:
+            progress(start + len(part), len(labels))
+    return torch.cat(out)
+
+
+def evaluate_setting(pipe: Pipeline, classifier: Classifier, reference: Reference, setting: Setting, *,
+                     n_per_class: int, seed: int = 0, batch_size: int = 100,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Sample n_per_class images of every class with one setting and score them (one row of the table)."""
+    k = classifier.config.num_classes
+    labels = torch.arange(k).repeat_interleave(n_per_class)  # (N,), sorted by class
+    t0 = time.time()
+    images = generate(pipe, labels, setting, seed=seed, batch_size=batch_size, progress=progress)
+    seconds = time.time() - t0
+    pred, feats = predict(classifier, images)
+    fd = frechet_distance_features(feats.numpy(), reference.test_features)
+    nn_mean = float(nearest_neighbour_distances(images, reference.train_images).mean())
+    names = pipe.class_names or tuple(str(i) for i in range(k))
+    return {
+        **asdict(setting),
+        "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
+        "n": len(labels),
+        "accuracy": float((pred == labels).float().mean()),
+        "per_class_accuracy": {names[c]: float((pred[labels == c] == c).float().mean()) for c in range(k)},
+        "fd": fd,
+        "fd_over_floor": fd / reference.fd_train_floor if reference.fd_train_floor > 0 else math.inf,
+        "nn_to_train": nn_mean,
+        "nn_over_test": nn_mean / reference.nn_test_to_train,
+        "seconds": round(seconds, 1),
+    }
+
+
+def check_compatible(pipe: Pipeline, classifier: Classifier, classifier_info: dict[str, Any]) -> None:
+    """The classifier must judge the model's classes at the model's image size and channels."""
+    m, c = pipe.config.model, classifier.config
+    if not pipe.conditional:
+        raise ValueError("the evaluation needs a class-conditional model (it scores class accuracy); "
+                         f"{pipe.source!r} is unconditional")
+    if m.num_classes != c.num_classes:
+        raise ValueError(f"the model has {m.num_classes} classes but the classifier has {c.num_classes}")
+    if (m.in_channels, m.image_size) != (c.in_channels, c.image_size):
+        raise ValueError(f"the model makes {m.in_channels}x{m.image_size}x{m.image_size} images but the classifier "
+                         f"was trained on {c.in_channels}x{c.image_size}x{c.image_size}")
+    names = classifier_info.get("class_names")
+    if pipe.class_names and names and [s.lower() for s in pipe.class_names] != [s.lower() for s in names]:
+        raise ValueError(f"class names differ: model {list(pipe.class_names)}, classifier {names}")
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The results as a markdown table, followed by the reference values."""
+    ref = report["reference"]
+    lines = [
+        "| sampler | steps | CFG | guidance interval | precision | accuracy | FD | FD / floor | NN to train | NN / test NN | time (s) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
+                     f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
+                     f"{r['seconds']:.0f} |")
+    lines += [
+        "",
+        f"N = {ref['n']} images ({report['n_per_class']} per class), seed {report['seed']}. "
+        f"Real data at the same N: FD floor (training images vs test set) {ref['fd_train_floor']:.2f}, "
+        f"noise ceiling {ref['fd_noise_ceiling']:.1f}; classifier accuracy on those training images "
+        f"{ref['accuracy_train_subset']:.1%}, on the whole test set {report['classifier_test_accuracy']:.1%}; "
+        f"real test images' mean nearest-neighbour distance to the training set {ref['nn_test_to_train']:.3f} "
+        "(L2, pixels in [0, 1]).",
+    ]
+    return "\n".join(lines)
+
+
+def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_per_class: int = 100, seed: int = 0,
+        batch_size: int = 100, device: str = "cpu", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load, build the reference, evaluate every setting; returns the report (what --json writes)."""
+    from . import load
+
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 2:
+        raise ValueError(f"n_per_class must be an integer >= 2 (a covariance needs two samples), got {n_per_class!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not settings:
+        raise ValueError("no settings to evaluate")
+    pipe = load(checkpoint, device=device)
+    for s in settings:  # fail before the slow part
+        pipe.stream([0], seed=0, sampler=s.sampler, steps=s.steps, cfg=s.cfg, eta=s.eta,
+                    guidance_interval=s.guidance_interval, precision=s.precision)
+    classifier, info = load_classifier(classifier_dir, device=device)
+    check_compatible(pipe, classifier, info)
+    m = pipe.config.model
+    t0 = time.time()
+    ref = build_reference(classifier, pipe.config.dataset, n_per_class=n_per_class, image_size=m.image_size,
+                          channels=m.in_channels, seed=seed)
+    if log:
+        log(f"reference ({time.time() - t0:.0f} s): FD floor {ref.fd_train_floor:.3f}, noise ceiling "
+            f"{ref.fd_noise_ceiling:.1f}, test NN {ref.nn_test_to_train:.3f}")
+    results = []
+    for s in settings:
+        row = evaluate_setting(pipe, classifier, ref, s, n_per_class=n_per_class, seed=seed, batch_size=batch_size)
+        if log:
+            log(f"{s.sampler} {s.steps} steps, cfg {s.cfg:g}: accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
+                f"({row['fd_over_floor']:.2f}x floor), NN ratio {row['nn_over_test']:.2f}, {row['seconds']:.0f} s")
+        results.append(row)
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_steps": pipe.config.training.get("steps"),
+        "classifier": str(classifier_dir),
+        "classifier_test_accuracy": info.get("test_accuracy"),
+        "dataset": pipe.config.dataset,
+        "n_per_class": n_per_class,
+        "seed": seed,
+        "reference": {
+            "n": ref.n, "fd_train_floor": ref.fd_train_floor, "fd_noise_ceiling": ref.fd_noise_ceiling,
+            "accuracy_train_subset": ref.accuracy_train_subset, "nn_test_to_train": ref.nn_test_to_train,
+            "test_images": ref.test_size, "train_images": ref.train_size,
+        },
+        "results": results,
+    }
+
+
+def default_classifier(dataset: str) -> str:
+    """checkpoints/<dataset>-classifier; the MNIST family shares one."""
+    return "checkpoints/mnist-classifier" if dataset in ("mnist", "mnist-5k") else f"checkpoints/{dataset}-classifier"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ddpm.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder (or Hub id)")
+    parser.add_argument("--classifier", default=None,
+                        help="classifier folder (default: checkpoints/<dataset>-classifier)")
+    parser.add_argument("--sampler", default=None, choices=("ddim", "ddpm"), help="default: the checkpoint's recommendation, else ddim")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="one or more step counts (default: 50)")
+    parser.add_argument("--cfg", type=float, nargs="+", default=None, help="one or more guidance scales w (default: the checkpoint's, else 3)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="network precision while sampling")
+    parser.add_argument("--n-per-class", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=100, help="images per sampler call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="also write the report to this JSON file")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        from .checkpoint import load_config
+        from .hub import resolve_checkpoint
+
+        config = load_config(resolve_checkpoint(args.checkpoint))
+        rec = config.sampling
+        sampler = args.sampler or rec.get("sampler", "ddim")
+        steps = args.steps or [int(rec.get("steps", 50))]
+        cfgs = args.cfg or [float(rec.get("cfg", 3.0))]
+        interval = tuple(args.guidance_interval) if args.guidance_interval else None
+        settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=args.eta, guidance_interval=interval,
+                            precision=args.precision) for st in steps for w in cfgs]
+        report = run(args.checkpoint, args.classifier or default_classifier(config.dataset), settings,
+                     n_per_class=args.n_per_class, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # CheckpointError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

