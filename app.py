@@ -370,7 +370,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             generate, run_inputs,
             [live_xt, live_x0, status, final_img, video, files, frames, scrubber, run_info],
             api_name="generate", preprocess=False, concurrency_id="model", concurrency_limit=1,
-            show_progress="full", show_progress_on=[status],
+            show_progress="full", show_progress_on=[live_xt, live_x0],
         )
         explore_event = explore_btn.click(
             explore, [model_dd, label_dd, steps_sl, seed_nb, sampler_rd, eta_sl, precision_rd], gallery,

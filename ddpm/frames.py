@@ -2,7 +2,7 @@
 
 With the linear schedule the SNR is below 1 for three quarters of the steps, so frames taken evenly in
 steps show static noise for most of an animation. Frames here are taken evenly in log-SNR instead,
-over the range where x_t visibly changes (log-SNR clipped to [-8, 8]).
+over the range where x_t visibly changes (log-SNR clipped to [-6, 6]).
 
     recorder = Recorder(schedule, timesteps_for(T, 50), n_images=4)
     for step in pipe.stream(...):
@@ -26,7 +26,7 @@ from .images import make_grid, save_gif, save_mp4, to_pil, to_uint8
 from .samplers import Step
 from .schedule import NoiseSchedule
 
-LOG_SNR_RANGE = (-8.0, 8.0)  # outside it x_t looks like pure noise / like the final image
+LOG_SNR_RANGE = (-6.0, 6.0)  # outside it x_t looks like pure noise / like the final image
 GAP = 8  # pixels between x_t and x0_pred in a side-by-side frame
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ddpm.frames import (
+    LOG_SNR_RANGE,
     Recorder,
     Throttle,
     frames_by_log_snr,
@@ -28,8 +29,8 @@ def test_frames_by_log_snr_spacing_beats_step_spacing_on_linear_schedule():
     ls = step_log_snr(schedule, timesteps_for(1000, 1000))
     idx = frames_by_log_snr(ls, 20)
     assert len(idx) == 20 and idx == sorted(set(idx)) and idx[0] == 0 and idx[-1] == 999
-    gaps = np.diff(np.clip([ls[i] for i in idx], -8, 8))
-    # evenly in log-SNR: every gap close to the ideal 16/19 (within one step's log-SNR change near the ends)
+    gaps = np.diff(np.clip([ls[i] for i in idx], *LOG_SNR_RANGE))
+    # evenly in log-SNR: every gap close to the ideal 12/19 (within one step's log-SNR change near the ends)
     assert np.all(gaps > 0) and gaps.max() < 2.5 * gaps.min()
     # step-uniform frames would put most frames at SNR < 1 (log-SNR < 0) on the linear schedule
     uniform = np.round(np.linspace(0, 999, 20)).astype(int)
