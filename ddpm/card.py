@@ -160,6 +160,9 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
             "(eq. 14), mean ||eps - eps_theta(x_t, t, y)||^2" + (", with the label dropped to the null label "
             f"with probability {tr.get('label_dropout')} (classifier-free guidance)" if conditional and
             tr.get("label_dropout") is not None else "") + ".", "", *_table(train_rows), ""]
+    command = training_command(folder)
+    if command:
+        out += ["Reproduce it:", "", "```bash", command, "```", ""]
     settings = _train_settings(folder)
     if settings:
         out += ["<details><summary>All training settings (train_config.json)</summary>", "",
@@ -221,6 +224,31 @@ def _train_settings(folder: Path) -> list[tuple[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return []
     return [(k, settings[k]) for k in TRAIN_SETTINGS if isinstance(settings, dict) and k in settings]
+
+
+def training_command(folder: str | Path) -> str | None:
+    """The train.py command line that reproduces the run in train_config.json (flags that differ from the defaults,
+    plus dataset, preset, steps and batch size); None without train_config.json."""
+    from .training import TrainConfig
+
+    path = Path(folder) / "train_config.json"
+    try:
+        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return None
+    default = TrainConfig()
+    parts = ["python train.py"]
+    for name in TRAIN_SETTINGS + ("image_size", "channels", "conditional"):
+        value = getattr(cfg, name)
+        if name not in ("dataset", "preset", "steps", "batch_size") and value == getattr(default, name):
+            continue
+        if name == "conditional":
+            parts.append("--unconditional")
+        elif name == "hflip":
+            parts.append(f"--hflip {'on' if value else 'off'}")
+        elif value is not None:
+            parts.append(f"--{name.replace('_', '-')} {value}")
+    return " ".join(parts + ["--out", cfg.out])
 
 
 def _evaluation(folder: Path, steps: Any) -> str:

@@ -1,0 +1,130 @@
+"""ddpm.export: a training run folder -> a shippable checkpoint folder; and the card's training command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import ddpm
+from ddpm.card import TRAIN_SETTINGS, training_command
+from ddpm.export import export_checkpoint, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of a real training run's folder, with the files only training needs."""
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "run"))
+    (folder / "examples").mkdir(exist_ok=True)
+    (folder / "examples" / "0_Horizontal.png").write_bytes(b"\x89PNG fake")
+    (folder / "log.jsonl").write_text('{"step": 1}\n')
+    return folder
+
+
+def report() -> dict:
+    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "eta": 0.0, "guidance_interval": None, "precision": "fp32",
+           "accuracy": 0.98, "fd": 1.0, "fd_over_floor": 1.5, "nn_over_test": 1.1, "nn_to_train": 0.1, "seconds": 3.0}
+    return {"checkpoint": "x", "checkpoint_steps": 100, "classifier": "c", "classifier_test_accuracy": 0.92,
+            "dataset": "synthetic", "n_per_class": 10, "seed": 0,
+            "reference": {"n": 30, "fd_train_floor": 0.7, "fd_noise_ceiling": 50.0, "accuracy_train_subset": 0.95,
+                          "nn_test_to_train": 0.1, "test_images": 10, "train_images": 100},
+            "results": [row]}
+
+
+def test_export_writes_only_what_sampling_and_the_card_need(run: Path, tmp_path: Path):
+    (tmp_path / "eval.json").write_text(json.dumps(report()))
+    dst = export_checkpoint(run, tmp_path / "ship", dtype="fp16", sampling={"sampler": "ddim", "steps": 20, "cfg": 2.5},
+                            evaluation=tmp_path / "eval.json")
+    names = sorted(p.name for p in dst.iterdir())
+    assert names == ["README.md", "config.json", "evaluation.json", "examples", "model.safetensors", "samples.png",
+                     "train_config.json"]
+    assert (dst / "examples" / "0_Horizontal.png").read_bytes() == b"\x89PNG fake"
+    with safe_open(str(dst / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert (dst / "model.safetensors").stat().st_size < 0.6 * (run / "model.safetensors").stat().st_size
+    sampling = json.loads((dst / "config.json").read_text())["sampling"]
+    assert sampling == {"sampler": "ddim", "steps": 20, "cfg": 2.5}
+    card = (dst / "README.md").read_text()
+    assert "## Evaluation" in card and "Reproduce it:" in card and "steps=20, cfg=2.5" in card
+
+    # the exported model samples what the run's model samples, up to fp16 rounding of the weights
+    a = ddpm.load(run).sample(labels=[0, 1, 2], steps=10, cfg=2.5, seed=3)
+    b = ddpm.load(dst).sample(labels=[0, 1, 2], steps=10, cfg=2.5, seed=3)
+    assert (a - b).abs().max() < 0.05
+    assert not torch.equal(a, ddpm.load(run).sample(labels=[0, 1, 2], steps=10, cfg=2.5, seed=4))
+
+
+def test_export_records_the_command_that_made_these_weights(run: Path, tmp_path: Path):
+    settings = json.loads((run / "train_config.json").read_text())
+    settings["steps"] = 5000  # the run was started for 5000 steps and stopped (constant lr) at the checkpoint's step
+    (run / "train_config.json").write_text(json.dumps(settings))
+    dst = export_checkpoint(run, tmp_path / "ship")
+    reached = json.loads((run / "config.json").read_text())["training"]["steps"]
+    assert json.loads((dst / "train_config.json").read_text())["steps"] == reached
+    cosine = dict(settings, lr_schedule="cosine")  # with a decaying lr, stopping early is not a shorter run
+    (run / "train_config.json").write_text(json.dumps(cosine))
+    export_checkpoint(run, dst)
+    assert json.loads((dst / "train_config.json").read_text())["steps"] == 5000
+
+
+def test_training_command_round_trips_through_train_py(run: Path):
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    command = training_command(run)
+    assert command.startswith("python train.py --dataset synthetic --preset tiny")
+    args = train.parse_args(command.split()[2:])
+    cfg, resume = train.config_from_args(args)
+    saved = json.loads((run / "train_config.json").read_text())
+    assert not resume
+    assert {k: getattr(cfg, k) for k in TRAIN_SETTINGS} == {k: saved[k] for k in TRAIN_SETTINGS}
+    assert cfg.out == saved["out"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype="int8"), "unknown weight dtype 'int8'"),
+    (dict(sampling={"steps": 0}), "steps must be an integer in 1..1000"),
+    (dict(sampling={"cfg": -1.0}), "cfg (guidance scale) must be a finite number >= 0"),
+    (dict(sampling={"sampler": "euler"}), "unknown sampler 'euler'"),
+    (dict(sampling={"colour": "red"}), "unknown sampling setting(s) colour"),
+    (dict(sampling={"guidance_interval": (0.9, 0.1)}), "guidance_interval must be (lo, hi)"),
+])
+def test_bad_settings_fail_before_anything_is_written(run: Path, tmp_path: Path, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        export_checkpoint(run, tmp_path / "ship", **kwargs)
+    assert message in str(e.value)
+    assert not (tmp_path / "ship").exists()
+
+
+def test_bad_sources_give_clear_errors(run: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="different folder than the run"):
+        export_checkpoint(run, run)
+    (tmp_path / "bad.json").write_text('{"not": "a report"}')
+    with pytest.raises(ValueError, match="is not a report of `python -m ddpm.evaluate --json`"):
+        export_checkpoint(run, tmp_path / "ship", evaluation=tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="has no config.json"):
+        export_checkpoint(tmp_path, tmp_path / "ship")
+
+
+def test_cli(run: Path, tmp_path: Path, capsys):
+    assert main([str(run), str(tmp_path / "ship"), "--steps", "30", "--cfg", "2", "--guidance-interval", "0.1", "0.9"]) == 0
+    assert "model.safetensors (fp16" in capsys.readouterr().out
+    sampling = json.loads((tmp_path / "ship" / "config.json").read_text())["sampling"]
+    assert sampling == {"steps": 30, "cfg": 2.0, "guidance_interval": [0.1, 0.9]}
+    assert main([str(run), str(tmp_path / "other"), "--steps", "5000"]) == 2
+    assert "steps must be an integer in 1..1000, got 5000" in capsys.readouterr().err
