@@ -73,7 +73,9 @@ for x₀ gives the model's current guess of the final image: a blurry average ea
 
 **CFG (classifier-free guidance)** runs the network with and without the class label and pushes further along
 the difference: ε = ε_uncond + w · (ε_cond − ε_uncond). w = 0 ignores the label, w = 1 is plain conditional
-sampling, a larger w gives more typical but less varied images.
+sampling, a larger w gives more typical but less varied images. A model may recommend guiding only in a middle
+interval of noise levels: at the noisiest steps guidance pulls every sample towards the same few shapes, at the
+cleanest it changes little.
 
 **Steps** is the number of network evaluations. The model learned T noise levels; DDIM jumps over most of them
 (about 50 is plenty), DDPM ancestral adds fresh noise at every step and needs more.
@@ -129,12 +131,19 @@ def _model_facts(pipe: Pipeline) -> str:
     return " · ".join(parts)
 
 
+def _interval_label(interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return "Guide only in the recommended interval"
+    return "Guide only for t/T in {:g}..{:g}".format(*interval)
+
+
 def _defaults(pipe: Pipeline) -> dict:
     """Recommended settings from the checkpoint's config.json ("sampling"), within the controls' ranges."""
     s = pipe.config.sampling
     steps = s.get("steps", 50)
     cfg = s.get("cfg", 3.0)
     return {
+        "interval": pipe.guidance_interval,
         "steps": int(min(max(steps if isinstance(steps, int) else 50, 1), pipe.T)),
         "cfg": float(min(max(cfg if isinstance(cfg, (int, float)) else 3.0, 0.0), CFG_MAX)),
         "sampler": s.get("sampler") if s.get("sampler") in ("ddim", "ddpm") else "ddim",
@@ -158,11 +167,11 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
     labels0 = label_choices(pipe0)
 
     # ---- handlers (closures over the shared, read-only registry; per-user data lives in gr.State) ----
-    def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision):
+    def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False):
         """Stream x_t and x0_pred while sampling, then the final grid, GIF, MP4 and the recorded frames."""
         pipe = _checked(registry.get, model)
         run = _checked(parse_run, pipe, label=label, cfg=cfg, steps=steps, seed=seed, n_images=n_images,
-                       sampler=sampler, eta=eta, precision=precision)
+                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance)
         rec = Recorder(pipe.schedule, timesteps_for(pipe.T, run.steps))
         throttle, plan, pending = Throttle(STREAM_RATE), None, False
         t0 = time.perf_counter()
@@ -209,11 +218,11 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         f: Frame = recorded[int(round(index))]
         return _enlarged(f.x_t), _enlarged(f.x0_pred), f"Recorded {f.caption}"
 
-    def explore(model, label, steps, seed, sampler, eta, precision):
+    def explore(model, label, steps, seed, sampler, eta, precision, limit_guidance=False):
         """The same seed and label at several CFG scales, side by side."""
         pipe = _checked(registry.get, model)
         run = _checked(parse_run, pipe, label=label, cfg=0.0, steps=steps, seed=seed, n_images=1,
-                       sampler=sampler, eta=eta, precision=precision)
+                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance)
         if run.label is None:
             raise gr.Error("the guidance explorer needs a class-conditional model")
         prec, why = _checked(choose_precision, precision, 2 * len(GUIDANCE_SCALES))
@@ -241,6 +250,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             model_info: _model_facts(pipe),
             label_dd: gr.update(choices=labels, value=labels[0] if labels else None, visible=cond),
             cfg_sl: gr.update(value=d["cfg"], visible=cond),
+            interval_cb: gr.update(value=d["interval"] is not None, visible=d["interval"] is not None,
+                                   label=_interval_label(d["interval"])),
             steps_sl: gr.update(maximum=pipe.T, value=d["steps"]),
             sampler_rd: d["sampler"],
             explorer: gr.update(visible=cond),
@@ -303,6 +314,10 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                                                visible=pipe0.conditional, allow_custom_value=True)
                         cfg_sl = gr.Slider(0, CFG_MAX, value=d0["cfg"], step=0.5, label="CFG scale (guidance)",
                                            visible=pipe0.conditional)
+                        interval_cb = gr.Checkbox(d0["interval"] is not None, label=_interval_label(d0["interval"]),
+                                                  visible=d0["interval"] is not None, elem_id="interval",
+                                                  info="the model's recommendation: no guidance at the noisiest "
+                                                       "and the cleanest steps, where it costs variety")
                         steps_sl = gr.Slider(1, pipe0.T, value=d0["steps"], step=1, label="Steps")
                         with gr.Row(equal_height=True):
                             seed_nb = gr.Number(value=0, label="Seed", precision=None, scale=3, min_width=120)
@@ -365,7 +380,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                 plot_img = gr.Image(label="Noise schedule", format="png", interactive=False, elem_id="schedule-plot")
 
         # ---- wiring ------------------------------------------------------------------------------
-        run_inputs = [model_dd, label_dd, cfg_sl, steps_sl, seed_nb, count_rd, sampler_rd, eta_sl, precision_rd]
+        run_inputs = [model_dd, label_dd, cfg_sl, steps_sl, seed_nb, count_rd, sampler_rd, eta_sl, precision_rd,
+                      interval_cb]
         gen_event = gen_btn.click(
             generate, run_inputs,
             [live_xt, live_x0, status, final_img, video, files, frames, scrubber, run_info],
@@ -373,7 +389,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             show_progress="full", show_progress_on=[live_xt, live_x0],
         )
         explore_event = explore_btn.click(
-            explore, [model_dd, label_dd, steps_sl, seed_nb, sampler_rd, eta_sl, precision_rd], gallery,
+            explore, [model_dd, label_dd, steps_sl, seed_nb, sampler_rd, eta_sl, precision_rd, interval_cb], gallery,
             api_name="guidance_explorer", preprocess=False, concurrency_id="model", concurrency_limit=1,
         )
         stop_btn.click(lambda: "Stopped.", None, status, cancels=[gen_event, explore_event], queue=False,
@@ -387,7 +403,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         forward_outputs = [xt_img, forward_text, strip, plot_img]
         model_dd.input(
             select_model, model_dd,
-            [model_dd, model_note, model_info, label_dd, cfg_sl, steps_sl, sampler_rd, explorer, t_sl],
+            [model_dd, model_note, model_info, label_dd, cfg_sl, interval_cb, steps_sl, sampler_rd, explorer, t_sl],
             api_visibility="private", concurrency_id="model",
         ).then(example_choices, model_dd, example_dd, api_visibility="private")
         example_dd.change(pick_example, [model_dd, example_dd], [x0_state, x0_img], api_visibility="private").then(

@@ -122,8 +122,10 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # downloads into the Hugging Face cache']
     if conditional:
         first = (config.class_names or ("0",))[0]
+        gi = sampling.get("guidance_interval")
+        interval = f", guidance_interval=({gi[0]:g}, {gi[1]:g})" if gi else ""
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
-                   f'steps={sampling["steps"]}, cfg={sampling["cfg"]}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
+                   f'steps={sampling["steps"]}, cfg={sampling["cfg"]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
     else:
         out.append(f'images = pipe.sample(n=4, sampler="{sampling["sampler"]}", steps={sampling["steps"]}, seed=0)'
                    f'  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
@@ -140,7 +142,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
                     "classifier-free guidance" if conditional else "none (unconditional)"),
         ("noise schedule", f"{s.name}, T = {s.timesteps}"),
         ("recommended sampling", f"{sampling['sampler']}, {sampling['steps']} steps"
-                                 f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"),
+                                 f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"
+                                 f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"),
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 

@@ -49,6 +49,11 @@ class CheckpointConfig:
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended defaults, e.g. {"sampler": "ddim", "steps": 50, "cfg": 2.0}
 
     def __post_init__(self) -> None:
+        gi = self.sampling.get("guidance_interval")
+        if gi is not None and not (isinstance(gi, (list, tuple)) and len(gi) == 2
+                                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in gi)
+                                   and 0.0 <= gi[0] <= gi[1] <= 1.0):
+            raise CheckpointError(f"sampling.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {gi!r}")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
             if self.model.num_classes != len(self.class_names):

@@ -41,6 +41,12 @@ class Pipeline:
         return self.config.model.num_classes is not None
 
     @property
+    def guidance_interval(self) -> tuple[float, float] | None:
+        """The checkpoint's recommended guidance interval (config.json "sampling"): CFG only for t/T in [lo, hi]."""
+        gi = self.config.sampling.get("guidance_interval")
+        return (float(gi[0]), float(gi[1])) if gi is not None and self.conditional else None
+
+    @property
     def T(self) -> int:
         return self.schedule.T
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 GRID_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior"}
+DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior", "guidance_interval": None}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"DDIM noise: 0 deterministic .. 1 DDPM-like ({rec} {DEFAULTS['eta']})")
     p.add_argument("--variance", choices=("posterior", "beta"), default=None,
                    help=f"DDPM sigma_t^2; 'beta' only with all T steps ({rec} {DEFAULTS['variance']})")
+    gi = p.add_mutually_exclusive_group()
+    gi.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help=f"apply CFG only for t/T in [LO, HI], w = 1 elsewhere ({rec} none)")
+    gi.add_argument("--full-guidance", action="store_true",
+                    help="apply CFG at every step, even if the checkpoint recommends an interval")
     p.add_argument("--no-clip", action="store_true", help="do not clip x0_pred to [-1, 1] at each step")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -106,8 +111,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     pipe = ddpm.load(args.checkpoint, device=resolve_device(args.device))
     recommended = {**DEFAULTS, **{k: v for k, v in pipe.config.sampling.items() if k in DEFAULTS}}
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
+    interval = None if args.full_guidance else pick("guidance_interval")
     settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
-                    variance=pick("variance"), clip_x0=not args.no_clip, precision=args.precision, seed=args.seed)
+                    variance=pick("variance"), clip_x0=not args.no_clip, precision=args.precision, seed=args.seed,
+                    guidance_interval=tuple(interval) if interval is not None and pipe.conditional else None)
     labels, n, nrow = _labels(pipe, args.label, args.n)
 
     stream = pipe.stream(labels, n=None if labels is not None else n, **settings)

@@ -113,11 +113,12 @@ class RunSettings:
     eta: float
     precision: str  # resolved: "fp32" or "bf16"
     precision_reason: str
+    guidance_interval: tuple[float, float] | None = None  # CFG only for t/T in [lo, hi] (w = 1 elsewhere)
 
     def stream_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.stream."""
         return dict(seed=self.seed, sampler=self.sampler, steps=self.steps, cfg=self.cfg, eta=self.eta,
-                    precision=self.precision)
+                    precision=self.precision, guidance_interval=self.guidance_interval)
 
     def labels(self) -> list[int] | None:
         return None if self.label is None else [self.label] * self.n_images
@@ -128,14 +129,20 @@ class RunSettings:
                  f"{sampler}, {self.steps} steps"]
         if self.label is not None:
             parts.insert(1, f"label {self.label}")
-            parts.append(f"CFG {self.cfg:g}")
+            parts.append(f"CFG {self.cfg:g}" + (" for t/T in {:g}..{:g}".format(*self.guidance_interval)
+                                                if self.guidance_interval else ""))
         parts.append(f"{self.precision} ({self.precision_reason})")
         return " · ".join(parts)
 
 
 def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed: object, n_images: object,
-              sampler: object, eta: object = 0.0, precision: object = "auto") -> RunSettings:
-    """Check raw request values (as a browser or an API client sends them) against the model."""
+              sampler: object, eta: object = 0.0, precision: object = "auto",
+              limit_guidance: object = False) -> RunSettings:
+    """Check raw request values (as a browser or an API client sends them) against the model.
+
+    limit_guidance: apply CFG only in the checkpoint's recommended interval of noise levels (Pipeline.guidance_interval);
+    no effect for a model that recommends none.
+    """
     T = pipe.T
     steps_i = _integer("steps", steps, 1, T)
     seed_i = _integer("seed", seed, 0, SEED_MAX)
@@ -153,8 +160,11 @@ def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed
     label_i = parse_label(pipe, label) if pipe.conditional else None
     if not isinstance(precision, str):
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    if not isinstance(limit_guidance, bool):
+        raise ValueError(f"limit_guidance must be true or false, got {limit_guidance!r}")
     prec, why = choose_precision(precision, network_batch(int(n), cfg_f, pipe.conditional))
-    return RunSettings(label_i, cfg_f, steps_i, seed_i, int(n), sampler.lower(), eta_f, prec, why)
+    interval = pipe.guidance_interval if limit_guidance else None
+    return RunSettings(label_i, cfg_f, steps_i, seed_i, int(n), sampler.lower(), eta_f, prec, why, interval)
 
 
 # -- guidance explorer -----------------------------------------------------------------------------
@@ -163,7 +173,8 @@ def guidance_sweep(pipe: Pipeline, run: RunSettings, scales: Sequence[float] = G
     """The first image of `run` (seed, label, sampler, steps) at each CFG scale: (len(scales), C, H, W) in [-1, 1].
 
     All scales go through the network in one batch (cond and uncond halves, 2 * len(scales) rows) and every
-    row uses the generator of `run.seed`, so row j is the image a 1-image run at cfg = scales[j] gives.
+    row uses the generator of `run.seed`, so row j is the image a 1-image run at cfg = scales[j] gives
+    (with run.guidance_interval, every row is unguided, w = 1, outside the interval, as in that run).
     """
     if run.label is None:
         raise ValueError("the guidance explorer needs a class-conditional model")
@@ -174,9 +185,12 @@ def guidance_sweep(pipe: Pipeline, run: RunSettings, scales: Sequence[float] = G
     y = torch.full((k,), run.label, dtype=torch.long, device=pipe.device)
     null = torch.full_like(y, pipe.config.model.num_classes)
     autocast = run.precision == "bf16"
+    interval = run.guidance_interval
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            if interval is not None and not interval[0] <= int(t[0]) / max(pipe.T - 1, 1) <= interval[1]:
+                return pipe.model(x, t, y).float()  # outside the interval every row is plain conditional
             eps = pipe.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).float()
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + w * (eps_cond - eps_uncond)  # per-row guidance scale

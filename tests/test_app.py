@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,8 +33,9 @@ from ddpm.images import to_pil  # noqa: E402
 from ddpm.studio import SEED_MAX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD = dict(label="1 · Vertical", cfg=3.0, steps=12, seed=3, n_images=4, sampler="ddim", eta=0.0, precision="fp32")
-ORDER = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision")
+GOOD = dict(label="1 · Vertical", cfg=3.0, steps=12, seed=3, n_images=4, sampler="ddim", eta=0.0, precision="fp32",
+            limit_guidance=False)
+ORDER = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance")
 BAD_INPUTS = [  # (field, value, the message must contain these)
     ("label", "Dog", ["'Dog'", "Horizontal, Vertical, Square", "0..2"]),
     ("label", 7, ["label 7", "0..2"]),
@@ -50,6 +52,7 @@ BAD_INPUTS = [  # (field, value, the message must contain these)
     ("n_images", 5, ["number of images", "1, 4, 9, 16", "got 5"]),
     ("sampler", "euler", ["'euler'", "ddpm, ddim"]),
     ("precision", "fp8", ["'fp8'", "auto, fp32, bf16"]),
+    ("limit_guidance", "yes", ["limit_guidance", "true or false", "got 'yes'"]),
 ]
 
 
@@ -170,6 +173,24 @@ def test_guidance_explorer_returns_one_image_per_scale(demo, tiny_checkpoint):
     assert len({img.tobytes() for img, _ in items}) > 1
     with pytest.raises(gr.Error, match="steps must be an integer in 1..1000"):
         handler(demo, "guidance_explorer")(str(tiny_checkpoint), "2 · Square", 0, 4, "ddim", 0.0, "auto")
+
+
+def test_a_model_recommending_a_guidance_interval_gets_the_checkbox_and_uses_it(tiny_checkpoint, tmp_path):
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoints" / "interval"))
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = {"cfg": 4.0, "guidance_interval": [0.2, 0.7]}
+    (folder / "config.json").write_text(json.dumps(config))
+    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "checkpoints"))
+    box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "interval")
+    assert box.visible is False  # the starting model recommends no interval
+    out = keyed(handler(demo, "select_model")(str(folder)))
+    assert out["interval"]["visible"] is True and out["interval"]["value"] is True
+    assert out["interval"]["label"] == "Guide only for t/T in 0.2..0.7"
+    final = run_generate(demo, str(folder), cfg=4.0, limit_guidance=True)[-1]
+    assert "CFG 4 for t/T in 0.2..0.7" in final["run-info"]
+    assert "for t/T" not in run_generate(demo, str(folder), cfg=4.0)[-1]["run-info"]
+    back = keyed(handler(demo, "select_model")(str(tiny_checkpoint)))
+    assert back["interval"]["visible"] is False
 
 
 def test_forward_view(demo, tiny_checkpoint):
