@@ -7,7 +7,7 @@ Measured in ONE process, interleaved, so the ratio holds on a noisy machine:
   * click -> first streamed frame: through the HTTP API of the running app (POST /gradio_api/call/generate,
     then the server-sent events until the first one that carries an x_t image), and in-process (the handler's
     first yield with an image);
-  * a 4x4 grid at 50 DDIM steps with CFG: the app's handler from start to its last yield (PNG, GIF and MP4
+  * a 4x4 grid at 50 DDIM steps with the checkpoint's recommended CFG (and guidance interval): the app's handler from start to its last yield (PNG, GIF and MP4
     written), the same request through the HTTP API, and the bare sampler loop (Pipeline.stream run to the end)
     with the same precision;
   * the app's overhead over the bare loop (streaming, frame recording, encoding) as a ratio.
@@ -40,7 +40,8 @@ import ddpm  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
 from ddpm.studio import bf16_available, parse_run  # noqa: E402
 
-REQUEST = dict(cfg=3.0, steps=50, seed=0, n_images=16, sampler="ddim", eta=0.0, precision="auto")
+REQUEST = dict(cfg=3.0, steps=50, seed=0, n_images=16, sampler="ddim", eta=0.0, precision="auto", limit_guidance=False)
+FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance")  # the handler's order
 
 
 def stand_in_checkpoint() -> str:
@@ -66,8 +67,7 @@ def inprocess_run(demo, model: str, label: str) -> tuple[float, float]:
     """(seconds to the first yield carrying an image, seconds to the last yield) of the generate handler."""
     t0 = time.perf_counter()
     first = None
-    for out in handler(demo, "generate")(model, label, *(REQUEST[k] for k in
-                                                         ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision"))):
+    for out in handler(demo, "generate")(model, label, *(REQUEST[k] for k in FIELDS)):
         if first is None and any(getattr(k, "elem_id", None) == "live-xt" for k in out):
             first = time.perf_counter() - t0
     return first, time.perf_counter() - t0
@@ -75,7 +75,7 @@ def inprocess_run(demo, model: str, label: str) -> tuple[float, float]:
 
 def http_run(url: str, model: str, label: str) -> tuple[float, float]:
     """(seconds to the first server-sent event with an image, seconds to the end) through the HTTP API."""
-    data = [model, label, *(REQUEST[k] for k in ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision"))]
+    data = [model, label, *(REQUEST[k] for k in FIELDS)]
     t0 = time.perf_counter()
     req = urllib.request.Request(f"{url}gradio_api/call/generate", data=json.dumps({"data": data}).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = app.build_demo(model, checkpoints_dir=str(Path(model).parent))
     pipe = ddpm.load(model)
     label = app.label_choices(pipe)[min(7, len(app.label_choices(pipe)) - 1)] if pipe.conditional else None
+    defaults = app._defaults(pipe)  # what a click on Generate uses: the checkpoint's recommended CFG and interval
+    REQUEST.update(cfg=defaults["cfg"], limit_guidance=defaults["interval"] is not None)
     run = parse_run(pipe, label=label, **REQUEST)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {model}{note}: {params / 1e6:.2f}M parameters, T = {pipe.T}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast "
           f"{'available' if bf16_available() else 'not available'}, load average {os.getloadavg()[0]:.2f}")
-    print(f"request: 4x4 grid, 50 DDIM steps, CFG 3 -> network batch 32, precision {run.precision} "
-          f"({run.precision_reason})")
+    print(f"request (the app's defaults, 16 images): {run.describe()}")
 
     inprocess_run(demo, model, label)  # warm-up (first-call costs: allocator, PNG/MP4 encoders)
     http_run(url, model, label)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"click -> first streamed frame   HTTP API {med['http_first'] * 1000:6.0f} ms   "
           f"in-process {med['app_first'] * 1000:6.0f} ms")
-    print(f"4x4 grid, 50 DDIM steps, CFG   bare sampler loop {med['bare']:5.2f} s   app handler {med['app']:5.2f} s   "
+    print(f"4x4 grid, 50 DDIM steps        bare sampler loop {med['bare']:5.2f} s   app handler {med['app']:5.2f} s   "
           f"HTTP API {med['http']:5.2f} s")
     print(f"app overhead over the bare loop  {(med['app'] / med['bare'] - 1) * 100:+.1f}% in-process, "
           f"{(med['http'] / med['bare'] - 1) * 100:+.1f}% through HTTP "
