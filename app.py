@@ -26,7 +26,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ddpm.frames import Frame, Recorder, Throttle, grid_scale, side_by_side, to_grid
+from ddpm.frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.plots import schedule_plot

@@ -57,6 +57,15 @@ def make_synthetic_dataset(n: int = 256, size: int = TINY_SIZE, seed: int = 0) -
                         SYNTHETIC_CLASSES, hflip=False)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for this test (sampling tiny models is ~20x faster than two threads under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset() -> ImageDataset:
     """256 labelled 12x12 grayscale images of 3 classes (uint8, (256, 1, 12, 12))."""

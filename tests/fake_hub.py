@@ -277,7 +277,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- /api/... ----------------------------------------------------------------------------------
     def _api(self, parts: list[str], query: dict[str, list[str]]) -> None:
-        hub = self.hub
         if parts == ["repos", "create"] and self.command == "POST":
             return self._create_repo()
         if parts == ["validate-yaml"] and self.command == "POST":

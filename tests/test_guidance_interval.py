@@ -22,12 +22,7 @@ INTERVAL = (0.2, 0.7)
 GOOD = dict(label="1 · Vertical", cfg=4.0, steps=10, seed=2, n_images=1, sampler="ddim", eta=0.0, precision="fp32")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_sampling(src: Path, dst: Path, sampling: dict) -> Path:

@@ -39,13 +39,7 @@ TOKEN = "hf_TEST_secret_token_4f2a9c"  # must never show up in an output or an u
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "README.md", "samples.png"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Sampling the card's grid is ~20x faster with one thread on this 2-core machine under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
