@@ -41,11 +41,12 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class Step:
-    """One denoising step: after it, the sample is x_t at time step `t` (t = -1 after the last step).
+    """One denoising step, from time step `t` to the next kept (smaller) time step.
 
     index: 0-based step number; num_steps: total steps of the run; t: the time step the model was just
-    evaluated at; x_t: the sample after this step, (B, C, H, W) float32 on the CPU; x0_pred: the model's
-    prediction of the clean image at this step, same shape, in [-1, 1] when clipping is on.
+    evaluated at; x_t: the sample after this step (the final image after the last), (B, C, H, W) float32 on
+    the CPU; x0_pred: the model's prediction of the clean image at this step, same shape, in [-1, 1] when
+    clipping is on.
     """
 
     index: int
