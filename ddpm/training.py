@@ -367,6 +367,8 @@ def train(
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / TRAIN_CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if not (out / "examples").exists():  # at the start, so that every checkpoint of the run has them
+            write_examples(cfg, dataset, out / "examples")
         print(f"training {count_parameters(model):,}-parameter UNet on {cfg.dataset} ({len(dataset):,} images) | "
               f"device {device}, precision {precision}, {dist_info.world_size} process(es) | global batch "
               f"{global_batch} = {cfg.batch_size} x {dist_info.world_size} process(es) x {cfg.grad_accum} accumulation",
@@ -444,8 +446,6 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-    if dist_info.is_main and not (out / "examples").exists():
-        write_examples(cfg, dataset, out / "examples")
     if dist_info.enabled:
         import torch.distributed as dist
 

@@ -197,6 +197,8 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path, synthetic
     assert images.shape == (2, 1, 12, 12) and torch.isfinite(images).all()
     saved_step = load_training_state(out)["step"]
     assert saved_step % 3 == 0 and saved_step >= step
+    # the forward-process examples are written when the run starts, so a killed run has them too
+    assert sorted(p.name for p in (out / "examples").iterdir()) == ["0_Horizontal.png", "1_Square.png", "2_Vertical.png"]
     # --resume continues from the last checkpoint (flags not given again come from the saved run)
     done = subprocess.run([sys.executable, "train.py", "--out", str(out), "--resume", "--steps", str(saved_step + 2),
                            "--no-progress", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
