@@ -98,6 +98,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     folder = Path(folder)
     config = load_config(folder)
     extra = dict(extra or {})
+    on_hub = "repo_id" in extra  # else the card describes a local folder
     repo_id = str(extra.pop("repo_id", folder))
     license = str(extra.pop("license", DEFAULT_LICENSE))
     m, s, tr = config.model, config.schedule, config.training
@@ -119,7 +120,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
                 f"*{rows}; DDIM, {min(GRID_STEPS, s.timesteps)} steps"
                 f"{f', guidance w = {GRID_CFG:g}' if conditional else ''}, seed 0.*", ""]
 
-    out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # downloads into the Hugging Face cache']
+    where = "downloads into the Hugging Face cache" if on_hub else "a local folder; a Hub id user/repo works too"
+    out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # {where}']
     if conditional:
         first = (config.class_names or ("0",))[0]
         gi = sampling.get("guidance_interval")
@@ -131,7 +133,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
                    f'  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
     out += ["for step in pipe.stream(" + ('labels=[0], ' if conditional else 'n=1, ') + "steps=50):  # one Step per denoising step",
             "    ...  # step.x_t, step.x0_pred", "```", "",
-            f"The app streams the denoising: `python app.py --hub {repo_id}` (append `@REVISION` to pin a version).", ""]
+            (f"The app streams the denoising: `python app.py --hub {repo_id}` (append `@REVISION` to pin a version)."
+             if on_hub else f"The app streams the denoising: `python app.py --checkpoint {repo_id}`."), ""]
 
     model_rows = [
         ("parameters", f"{parameter_count(m):,}"),

@@ -54,6 +54,9 @@ def test_card_shows_training_facts_settings_grid_and_usage(checkpoint):
     meta = front_matter(text)
     assert meta["license"] == "cc-by-4.0" and meta["library_name"] == "ddpm-studio"
     assert 'ddpm.load("user/tiny")' in text and "python app.py --hub user/tiny" in text
+    local = model_card(checkpoint)  # the card of a folder that is not on the Hub
+    assert f'ddpm.load("{checkpoint}")  # a local folder' in local and f"python app.py --checkpoint {checkpoint}" in local
+    assert "--hub" not in local
     assert f"| steps | {config.training['steps']:,} |" in text
     assert f"| hardware | {config.training['hardware']} |" in text
     assert "| parameters | 45,169 |" in text and "Horizontal, Vertical, Square" in text
