@@ -4,8 +4,9 @@
 
 Phase 1 (bf16, N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2, 3, 5, and guided only in intervals of noise
 levels (Kynkäänniemi et al. 2024) at a few scales. The default is the row that meets the target (accuracy >= 97%
-and FD <= 2x the real-data floor) with the lowest FD; if none does, the row with the best accuracy among those
-within 2x the floor, else the most accurate row. Phase 2: that default in fp32 (what the app runs for 1-4 images;
+and FD <= 2x the real-data floor) with the lowest FD; if none does, the row with the lowest FD among those with
+accuracy >= 97% (the class a person asks for, as close to real data as guidance allows), else the most accurate.
+--reuse-phase1 takes phase 1 from OUT/phase1.json instead of sampling it again. Phase 2: that default in fp32 (what the app runs for 1-4 images;
 it shows whether bf16 costs quality) and at DDIM 20 steps. Phase 3: DDPM ancestral with all 1000 steps at the
 default, at a smaller N (it costs 20x a 50-step row), with its own floor.
 
@@ -29,11 +30,10 @@ INTERVALS = [((0.2, 0.8), 3.0), ((0.2, 0.8), 4.0), ((0.1, 0.7), 3.0)]
 
 
 def choose(rows: list[dict]) -> dict:
-    meets = [r for r in rows if r["accuracy"] >= TARGET_ACCURACY and r["fd_over_floor"] <= TARGET_FD_RATIO]
-    if meets:
-        return min(meets, key=lambda r: r["fd_over_floor"])
-    close = [r for r in rows if r["fd_over_floor"] <= TARGET_FD_RATIO]
-    return max(close or rows, key=lambda r: r["accuracy"])
+    accurate = [r for r in rows if r["accuracy"] >= TARGET_ACCURACY]
+    if accurate:  # the rows that meet the whole target are among these, with the lowest FD of all
+        return min(accurate, key=lambda r: r["fd_over_floor"])
+    return max(rows, key=lambda r: r["accuracy"])
 
 
 def setting_of(row: dict, **changes) -> Setting:
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--ddpm-n-per-class", type=int, default=10, help="N per class of the 1000-step DDPM row (0 = skip)")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--reuse-phase1", action="store_true", help="take phase 1 from OUT/phase1.json")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sweep = [Setting(cfg=w, precision="bf16") for w in SWEEP]
     sweep += [Setting(cfg=w, guidance_interval=gi, precision="bf16") for gi, w in INTERVALS]
-    report = run(args.checkpoint, args.classifier, sweep, n_per_class=args.n_per_class, batch_size=args.batch_size,
-                 log=log)
-    (out / "phase1.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.reuse_phase1:
+        report = json.loads((out / "phase1.json").read_text())
+    else:
+        report = run(args.checkpoint, args.classifier, sweep, n_per_class=args.n_per_class,
+                     batch_size=args.batch_size, log=log)
+        (out / "phase1.json").write_text(json.dumps(report, indent=2) + "\n")
     best = choose(report["results"])
     log(f"default: cfg {best['cfg']:g}, interval {best['guidance_interval']}")
 
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference
     report["default"] = {"cfg": best["cfg"], "guidance_interval": best["guidance_interval"], "rule":
-                         f"accuracy >= {TARGET_ACCURACY:.0%} and FD <= {TARGET_FD_RATIO:g}x floor, lowest FD"}
+                         f"lowest FD among rows with accuracy >= {TARGET_ACCURACY:.0%}"}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))
     print(f"\ndefault: cfg {best['cfg']:g}, guidance interval {best['guidance_interval']}, "
