@@ -7,8 +7,8 @@ Measured in ONE process, interleaved, so the ratio holds on a noisy machine:
   * click -> first streamed frame: through the HTTP API of the running app (POST /gradio_api/call/generate,
     then the server-sent events until the first one that carries an x_t image), and in-process (the handler's
     first yield with an image);
-  * a 4x4 grid at 50 DDIM steps with the checkpoint's recommended CFG (and guidance interval): the app's handler from start to its last yield (PNG, GIF and MP4
-    written), the same request through the HTTP API, and the bare sampler loop (Pipeline.stream run to the end)
+  * a 4x4 grid at 50 DDIM steps with the checkpoint's recommended CFG (and guidance interval): the app's handler
+    from start to its last yield (PNG, GIF and MP4 written), the same request through the HTTP API, and the bare sampler loop (Pipeline.stream run to the end)
     with the same precision;
   * the app's overhead over the bare loop (streaming, frame recording, encoding) as a ratio.
 
@@ -40,7 +40,6 @@ import ddpm  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
 from ddpm.studio import bf16_available, parse_run  # noqa: E402
 
-REQUEST = dict(cfg=3.0, steps=50, seed=0, n_images=16, sampler="ddim", eta=0.0, precision="auto", limit_guidance=False)
 FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance")  # the handler's order
 
 
@@ -63,19 +62,19 @@ def handler(demo, api_name: str):
     return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
 
 
-def inprocess_run(demo, model: str, label: str) -> tuple[float, float]:
+def inprocess_run(demo, model: str, label: str, request: dict) -> tuple[float, float]:
     """(seconds to the first yield carrying an image, seconds to the last yield) of the generate handler."""
     t0 = time.perf_counter()
     first = None
-    for out in handler(demo, "generate")(model, label, *(REQUEST[k] for k in FIELDS)):
+    for out in handler(demo, "generate")(model, label, *(request[k] for k in FIELDS)):
         if first is None and any(getattr(k, "elem_id", None) == "live-xt" for k in out):
             first = time.perf_counter() - t0
     return first, time.perf_counter() - t0
 
 
-def http_run(url: str, model: str, label: str) -> tuple[float, float]:
+def http_run(url: str, model: str, label: str, request: dict) -> tuple[float, float]:
     """(seconds to the first server-sent event with an image, seconds to the end) through the HTTP API."""
-    data = [model, label, *(REQUEST[k] for k in FIELDS)]
+    data = [model, label, *(request[k] for k in FIELDS)]
     t0 = time.perf_counter()
     req = urllib.request.Request(f"{url}gradio_api/call/generate", data=json.dumps({"data": data}).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -121,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     pipe = ddpm.load(model)
     label = app.label_choices(pipe)[min(7, len(app.label_choices(pipe)) - 1)] if pipe.conditional else None
     defaults = app._defaults(pipe)  # what a click on Generate uses: the checkpoint's recommended CFG and interval
-    REQUEST.update(cfg=defaults["cfg"], limit_guidance=defaults["interval"] is not None)
-    run = parse_run(pipe, label=label, **REQUEST)
+    request = dict(cfg=defaults["cfg"], steps=50, seed=0, n_images=16, sampler="ddim", eta=0.0, precision="auto",
+                   limit_guidance=defaults["interval"] is not None)
+    run = parse_run(pipe, label=label, **request)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -135,15 +135,15 @@ def main(argv: list[str] | None = None) -> None:
           f"{'available' if bf16_available() else 'not available'}, load average {os.getloadavg()[0]:.2f}")
     print(f"request (the app's defaults, 16 images): {run.describe()}")
 
-    inprocess_run(demo, model, label)  # warm-up (first-call costs: allocator, PNG/MP4 encoders)
-    http_run(url, model, label)
+    inprocess_run(demo, model, label, request)  # warm-up (first-call costs: allocator, PNG/MP4 encoders)
+    http_run(url, model, label, request)
     results: dict[str, list[float]] = {k: [] for k in ("bare", "app", "app_first", "http", "http_first")}
     for _ in range(args.repeats):
         results["bare"].append(bare_run(pipe, run))
-        first, total = inprocess_run(demo, model, label)
+        first, total = inprocess_run(demo, model, label, request)
         results["app_first"].append(first)
         results["app"].append(total)
-        first, total = http_run(url, model, label)
+        first, total = http_run(url, model, label, request)
         results["http_first"].append(first)
         results["http"].append(total)
     demo.close()

@@ -235,9 +235,9 @@ def _train_settings(folder: Path) -> list[tuple[str, Any]]:
 def training_command(folder: str | Path) -> str | None:
     """The train.py command line that reproduces the run in train_config.json (flags that differ from the defaults,
     plus dataset, preset, steps and batch size); None without train_config.json."""
-    from .training import TrainConfig
+    from .training import TRAIN_CONFIG_NAME, TrainConfig
 
-    path = Path(folder) / "train_config.json"
+    path = Path(folder) / TRAIN_CONFIG_NAME
     try:
         cfg = TrainConfig.from_dict(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, TypeError):

@@ -27,8 +27,7 @@ from typing import Any
 
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
 from .samplers import SamplerOptions
-
-TRAIN_CONFIG_NAME = "train_config.json"
+from .training import TRAIN_CONFIG_NAME
 SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval")
 
 

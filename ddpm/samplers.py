@@ -127,6 +127,11 @@ def randn_per_image(rngs: Sequence[torch.Generator], shape: tuple[int, ...], dev
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), t (B,)) -> eps (B,C,H,W)
 
 
+def guided_at(t: int, T: int, guidance_interval: tuple[float, float] | None) -> bool:
+    """Whether CFG applies at time step t: always without an interval, else only for t/T in [lo, hi]."""
+    return guidance_interval is None or guidance_interval[0] <= t / max(T - 1, 1) <= guidance_interval[1]
+
+
 def guided_eps_fn(
     model: torch.nn.Module,
     labels: torch.Tensor | None,
@@ -151,11 +156,7 @@ def guided_eps_fn(
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if labels is None or null_label is None:
             return net(x, t, None)
-        w = cfg
-        if guidance_interval is not None:
-            frac = int(t[0]) / max(T - 1, 1)
-            if not guidance_interval[0] <= frac <= guidance_interval[1]:
-                w = 1.0
+        w = cfg if guided_at(int(t[0]), T, guidance_interval) else 1.0
         if w == 1.0:
             return net(x, t, labels)
         null = torch.full_like(labels, null_label)

@@ -21,7 +21,7 @@ import torch
 from .checkpoint import CONFIG_NAME
 from .frames import frames_by_log_snr
 from .pipeline import Pipeline, load
-from .samplers import SAMPLERS, ddim_steps, ddpm_steps, randn_per_image, run_to_end
+from .samplers import SAMPLERS, ddim_steps, ddpm_steps, guided_at, randn_per_image, run_to_end
 from .schedule import NoiseSchedule
 
 IMAGE_COUNTS = (1, 4, 9, 16)
@@ -189,7 +189,7 @@ def guidance_sweep(pipe: Pipeline, run: RunSettings, scales: Sequence[float] = G
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            if interval is not None and not interval[0] <= int(t[0]) / max(pipe.T - 1, 1) <= interval[1]:
+            if not guided_at(int(t[0]), pipe.T, interval):
                 return pipe.model(x, t, y).float()  # outside the interval every row is plain conditional
             eps = pipe.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).float()
         eps_cond, eps_uncond = eps.chunk(2)

@@ -97,3 +97,13 @@ def test_card_states_the_recommendation(recommending: Path):
     card = model_card(recommending)
     assert "guidance w = 4 for t/T in 0.2..0.7" in card
     assert "guidance_interval=(0.2, 0.7)" in card
+
+
+def test_guided_at_is_the_closed_interval_of_t_over_T_minus_1():
+    from ddpm.samplers import guided_at
+
+    T = 1001  # t / (T - 1) = t / 1000
+    assert all(guided_at(t, T, None) for t in (0, 500, 1000))
+    inside = [t for t in range(T) if guided_at(t, T, (0.2, 0.8))]
+    assert inside[0] == 200 and inside[-1] == 800 and len(inside) == 601
+    assert [t for t in range(T) if guided_at(t, T, (0.0, 0.0))] == [0]
