@@ -316,8 +316,9 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                                            visible=pipe0.conditional)
                         interval_cb = gr.Checkbox(d0["interval"] is not None, label=_interval_label(d0["interval"]),
                                                   visible=d0["interval"] is not None, elem_id="interval",
-                                                  info="the model's recommendation: no guidance at the noisiest "
-                                                       "and the cleanest steps, where it costs variety")
+                                                  info="the model's recommendation: the CFG scale applies only "
+                                                       "inside this range; outside it sampling is plain "
+                                                       "conditional (w = 1)")
                         steps_sl = gr.Slider(1, pipe0.T, value=d0["steps"], step=1, label="Steps")
                         with gr.Row(equal_height=True):
                             seed_nb = gr.Number(value=0, label="Seed", precision=None, scale=3, min_width=120)

@@ -7,7 +7,7 @@ levels (Kynkäänniemi et al. 2024) at a few scales. The default is the row that
 and FD <= 2x the real-data floor) with the lowest FD; if none does, the row with the lowest FD among those with
 accuracy >= 97% (the class a person asks for, as close to real data as guidance allows), else the most accurate.
 --reuse-phase1 takes phase 1 from OUT/phase1.json instead of sampling it again. Phase 2: that default in fp32 (what the app runs for 1-4 images;
-it shows whether bf16 costs quality) and at DDIM 20 steps. Phase 3: DDPM ancestral with all 1000 steps at the
+it shows whether bf16 costs quality; --no-fp32 skips it) and at DDIM 20 steps. Phase 3: DDPM ancestral with all 1000 steps at the
 default, at a smaller N (it costs 20x a 50-step row), with its own floor.
 
 Writes OUT/evaluation.json (phases 1-2, one reference), OUT/ddpm1000.json, and prints the tables and the choice.
@@ -26,7 +26,7 @@ from ddpm.evaluate import Setting, markdown_table, run  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
-INTERVALS = [((0.2, 0.8), 3.0), ((0.2, 0.8), 4.0), ((0.1, 0.7), 3.0)]
+INTERVALS = [((0.2, 0.8), 2.5), ((0.2, 0.8), 3.0), ((0.2, 0.8), 4.0), ((0.1, 0.7), 3.0), ((0.3, 0.9), 3.0)]
 
 
 def choose(rows: list[dict]) -> dict:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--ddpm-n-per-class", type=int, default=10, help="N per class of the 1000-step DDPM row (0 = skip)")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
+                   help="phase 2's fp32 row of the default (--no-fp32 skips it: it costs ~3x a bf16 row)")
     p.add_argument("--reuse-phase1", action="store_true", help="take phase 1 from OUT/phase1.json")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     best = choose(report["results"])
     log(f"default: cfg {best['cfg']:g}, interval {best['guidance_interval']}")
 
-    second = run(args.checkpoint, args.classifier, [setting_of(best, precision="fp32"), setting_of(best, steps=20)],
+    phase2 = ([setting_of(best, precision="fp32")] if args.fp32 else []) + [setting_of(best, steps=20)]
+    second = run(args.checkpoint, args.classifier, phase2,
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference
     report["default"] = {"cfg": best["cfg"], "guidance_interval": best["guidance_interval"], "rule":
