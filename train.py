@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     add("--lr-schedule", choices=LR_SCHEDULES, help=f"after warm-up (default {d.lr_schedule})")
     add("--warmup-steps", type=int, help=f"linear learning-rate warm-up (default {d.warmup_steps})")
+    add("--decay-steps", type=int, help="final cool-down: the lr falls linearly to 0 over the last N steps; "
+        "finish a constant-lr run with --resume --steps TOTAL --decay-steps N (default 0 = none)")
     add("--ema-decay", type=float, help=f"EMA decay, reached after a warm-up (default {d.ema_decay})")
     add("--label-dropout", type=float, help=f"per-sample null-label probability for CFG (default {d.label_dropout})")
     add("--hflip", choices=("on", "off"), help="random horizontal flips (default: off for digits and clothes)")

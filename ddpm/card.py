@@ -32,8 +32,8 @@ HUB_DATASETS = {  # our dataset name -> (display name, Hub dataset id or None)
     "cifar10": ("CIFAR-10", "uoft-cs/cifar10"),
 }
 TRAIN_SETTINGS = ("dataset", "preset", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
-                  "weight_decay", "grad_clip", "ema_decay", "label_dropout", "hflip", "schedule", "timesteps",
-                  "precision", "weights_dtype", "seed")
+                  "decay_steps", "weight_decay", "grad_clip", "ema_decay", "label_dropout", "hflip", "schedule",
+                  "timesteps", "precision", "weights_dtype", "seed")
 
 
 # -- the sample grid -------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def export_checkpoint(run: str | Path, dst: str | Path, *, dtype: str = "fp16", 
     if train_cfg.is_file():
         settings = json.loads(train_cfg.read_text())
         steps = config.training.get("steps")
-        if steps is not None and settings.get("lr_schedule", "constant") == "constant":
+        decaying = settings.get("lr_schedule", "constant") != "constant" or settings.get("decay_steps", 0) > 0
+        if steps is not None and not decaying:
             # with a constant learning rate the run up to step k IS a k-step run: record the command that made these weights
             settings["steps"] = steps
         (dst / TRAIN_CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")

@@ -63,6 +63,7 @@ class TrainConfig:
     lr: float = 5e-4
     lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (down to 10%)
     warmup_steps: int = 500
+    decay_steps: int = 0  # final cool-down: the lr falls linearly to 0 over the last decay_steps steps (0 = none)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # reached after a warm-up: decay_k = min(ema_decay, (1 + k) / (10 + k))
@@ -87,6 +88,9 @@ class TrainConfig:
             positive(name)
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        if isinstance(self.decay_steps, bool) or not isinstance(self.decay_steps, int) \
+                or not 0 <= self.decay_steps <= self.steps:
+            raise ValueError(f"decay_steps must be an integer from 0 to steps ({self.steps}), got {self.decay_steps!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.label_dropout < 1.0:
@@ -168,13 +172,24 @@ class EMA:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over warmup_steps, then constant or cosine down to 10% at the last step."""
+    """The learning rate of optimisation step `step` (0-based).
+
+    Linear warm-up over warmup_steps, then constant or cosine down to 10% at the last step; with decay_steps = K > 0
+    the last K steps are also scaled by a linear cool-down (steps - step) / K, reaching lr / K at the final step
+    (warmup-stable-decay). A constant-lr run is thus a valid shorter run at every checkpoint, and can be extended
+    with --resume and finished with a cool-down: `--steps N --decay-steps K` gives the same lr at every step as a
+    fresh run with those flags.
+    """
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        lr = cfg.lr * (step + 1) / cfg.warmup_steps
+    elif cfg.lr_schedule == "constant":
+        lr = cfg.lr
+    else:
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    if cfg.decay_steps > 0:
+        lr *= min(1.0, max(0, cfg.steps - step) / cfg.decay_steps)
+    return lr
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -75,6 +75,10 @@ def test_export_records_the_command_that_made_these_weights(run: Path, tmp_path:
     (run / "train_config.json").write_text(json.dumps(cosine))
     export_checkpoint(run, dst)
     assert json.loads((dst / "train_config.json").read_text())["steps"] == 5000
+    cooled = dict(settings, decay_steps=1000)  # nor with a cool-down at the end
+    (run / "train_config.json").write_text(json.dumps(cooled))
+    export_checkpoint(run, dst)
+    assert json.loads((dst / "train_config.json").read_text())["steps"] == 5000
 
 
 def test_training_command_round_trips_through_train_py(run: Path):

@@ -104,13 +104,20 @@ def _state(folder: Path) -> dict:
     return load_training_state(folder)
 
 
-def test_resume_gives_the_same_weights(tmp_path, synthetic_dataset, tiny_train_config_factory):
+@pytest.mark.parametrize("decay_steps", [0, 6])
+def test_resume_gives_the_same_weights(tmp_path, synthetic_dataset, tiny_train_config_factory, decay_steps):
+    # a constant-lr run stopped at step 10 and resumed to 20 (with a cool-down over the last decay_steps steps added
+    # only at the resume) is the same run as one started for 20 steps with that cool-down
     kw = dict(batch_size=16, warmup_steps=5, log_every=5, checkpoint_every=1000)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(tiny_train_config_factory(straight, steps=20, **kw), dataset=synthetic_dataset, progress=False)
+    train(tiny_train_config_factory(straight, steps=20, decay_steps=decay_steps, **kw), dataset=synthetic_dataset,
+          progress=False)
     train(tiny_train_config_factory(split, steps=10, **kw), dataset=synthetic_dataset, progress=False)
     assert _state(split)["step"] == 10
-    train(tiny_train_config_factory(split, steps=20, **kw), dataset=synthetic_dataset, progress=False, resume=True)
+    train(tiny_train_config_factory(split, steps=20, decay_steps=decay_steps, **kw), dataset=synthetic_dataset,
+          progress=False, resume=True)
+    if decay_steps:
+        assert [r["lr"] for r in read_log(split)][-2:] == pytest.approx([2e-3 * 6 / 6, 2e-3 * 1 / 6])
     a, b = _state(straight), _state(split)
     assert a["step"] == b["step"] == 20
     for part in ("model", "ema"):
@@ -243,10 +250,19 @@ def test_lr_warm_up_and_schedules():
     assert lr_at(110, cos) == pytest.approx(1e-4)  # 10% at the end
     lrs = [lr_at(s, cos) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # warmup-stable-decay: constant, then a linear cool-down over the last 20 steps to lr / 20 at the final step
+    wsd = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, lr_schedule="constant", decay_steps=20)
+    assert lr_at(9, wsd) == lr_at(89, wsd) == lr_at(90, wsd) == pytest.approx(1e-3)
+    assert lr_at(100, wsd) == pytest.approx(0.5e-3)
+    assert lr_at(109, wsd) == pytest.approx(1e-3 / 20)
+    # on a cosine schedule the cool-down multiplies it
+    cos_decay = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, lr_schedule="cosine", decay_steps=100)
+    assert lr_at(60, cos_decay) == pytest.approx(lr_at(60, cos) * 50 / 100)
 
 
 @pytest.mark.parametrize("kw", [dict(steps=0), dict(batch_size=-1), dict(precision="fp16"), dict(lr_schedule="step"),
-                                dict(label_dropout=1.0), dict(ema_decay=1.0), dict(lr=0.0), dict(grad_accum=0)])
+                                dict(label_dropout=1.0), dict(ema_decay=1.0), dict(lr=0.0), dict(grad_accum=0),
+                                dict(decay_steps=-1), dict(steps=10, decay_steps=11), dict(decay_steps=2.5)])
 def test_bad_train_config(kw):
     with pytest.raises(ValueError):
         TrainConfig(**kw).validate()
