@@ -26,6 +26,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ddpm.allocator import tune_allocator
 from ddpm.frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
@@ -432,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hub", default=os.environ.get("DDPM_HUB_REPO") or None,
                    help="Hugging Face Hub repo REPO[@REV] to load first (default: $DDPM_HUB_REPO)")
     args = p.parse_args(argv)
+    tune_allocator()
     launch(build_demo(args.checkpoint, args.hub), host=args.host, port=args.port)
 
 

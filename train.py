@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import fields, replace
 
+from ddpm.allocator import tune_allocator
 from ddpm.hub import HubError
 from ddpm.training import (
     LR_SCHEDULES,
@@ -111,6 +112,7 @@ def push(args: argparse.Namespace, out: str, *, step: int | None = None) -> None
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_allocator()
     on_checkpoint = None
     try:
         cfg, resume = config_from_args(args)

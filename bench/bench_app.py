@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 import app  # noqa: E402
 import ddpm  # noqa: E402
+from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
 from ddpm.studio import bf16_available, parse_run  # noqa: E402
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
+    tune_allocator()  # as app.py does
     if args.threads:
         torch.set_num_threads(args.threads)
 

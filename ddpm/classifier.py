@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .allocator import tune_allocator
 from .checkpoint import CheckpointError, _atomic_write
 from .data import ImageDataset, load_dataset, to_model_range
 
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    tune_allocator()
 
     if args.threads:
         torch.set_num_threads(args.threads)

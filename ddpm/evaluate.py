@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .allocator import tune_allocator
 from .classifier import Classifier, load_classifier, load_split, predict
 from .data import load_dataset
 from .pipeline import Pipeline
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
     args = parser.parse_args(argv)
+    tune_allocator()
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .allocator import tune_allocator
+
 GRID_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior", "guidance_interval": None}
 
@@ -148,6 +150,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_allocator()
     try:
         written = run(args)
     except (ValueError, FileNotFoundError) as e:  # bad input, incl. ddpm.CheckpointError

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.evaluate import Setting, markdown_table, run  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="phase 2's fp32 row of the default (--no-fp32 skips it: it costs ~3x a bf16 row)")
     p.add_argument("--reuse-phase1", action="store_true", help="take phase 1 from OUT/phase1.json")
     args = p.parse_args(argv)
+    tune_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
