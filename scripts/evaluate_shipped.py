@@ -28,7 +28,7 @@ from ddpm.evaluate import Setting, markdown_table, run  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
-INTERVALS = [((0.2, 0.8), 2.0), ((0.2, 0.8), 2.5), ((0.2, 0.8), 3.0), ((0.2, 0.8), 4.0), ((0.3, 0.9), 3.0)]
+INTERVALS = [((0.2, 0.8), 1.5), ((0.2, 0.8), 2.0), ((0.2, 0.8), 2.5), ((0.2, 0.8), 3.0), ((0.15, 0.85), 2.5)]
 
 
 def choose(rows: list[dict]) -> dict:
