@@ -2,6 +2,7 @@
 
     python train.py --dataset fashion-mnist --preset small --steps 30000 --batch-size 128 --out checkpoints/fashion-mnist
     python train.py --out checkpoints/fashion-mnist --resume --steps 40000        # continue a run
+    python train.py --out checkpoints/fashion-mnist --resume --steps 45000 --decay-steps 5000   # ...with a cool-down
     torchrun --nproc_per_node 4 train.py ...                                        # data-parallel (see README)
     python train.py ... --push-to-hub user/ddpm-fashion [--private] [--hub-revision BRANCH]  # publish at the end
 """
