@@ -12,16 +12,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# allocate and free a 64 MB tensor 6 times; report the minor page faults of the last 4 (the heap grows during the
-# first ones) and what tune_allocator said
+# allocate and free a 64 MB tensor 3 times (the heap may grow during these), then 10 more times: report the minor
+# page faults of the last 10 and what tune_allocator said
 PROBE = """
 import json, resource, sys, torch
 from ddpm.allocator import tune_allocator
 tuned = tune_allocator() if sys.argv[1] == "tune" else None
-torch.ones(16_000_000)
-torch.ones(16_000_000)
+for _ in range(3):
+    torch.ones(16_000_000)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(10):
     x = torch.ones(16_000_000)
     del x
 print(json.dumps({"tuned": tuned, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
@@ -43,9 +43,10 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("C
 def test_tuning_stops_the_page_faults_of_large_tensors():
     plain, tuned = probe("plain"), probe("tune")
     assert tuned["tuned"] is True
-    # untuned: every 64 MB tensor is a fresh mmap, ~15,600 pages faulted in each time
-    assert plain["faults"] > 4 * 10_000
-    assert tuned["faults"] < plain["faults"] / 20
+    # untuned: every 64 MB tensor is a fresh mmap, ~15,600 pages faulted in each time; tuned: the heap's memory is
+    # reused (at most one more growth of the heap, seen under pytest)
+    assert plain["faults"] > 10 * 10_000
+    assert tuned["faults"] < plain["faults"] / 4
 
 
 @glibc
