@@ -58,12 +58,12 @@ def parse_variant(spec: str) -> dict:
     return {"name": name, "w": nums[0], "param": nums[1] if len(nums) > 1 else default_param, "interval": (lo, hi)}
 
 
-def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None):
+def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None, precision: str = "bf16"):
     """A drop-in for samplers.guided_eps_fn implementing variant v (the Setting's own cfg is ignored)."""
     name, w, param, (lo, hi) = v["name"], v["w"], v["param"], v["interval"]
 
     def net(m, x, t, y):
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return m(x, t, y).float()
 
     def factory(model, labels, *, cfg, null_label, T, guidance_interval=None, precision="fp32"):
