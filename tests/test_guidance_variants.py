@@ -39,9 +39,9 @@ def setup():
     return dict(schedule=schedule, model=model, guide=guide, x=x, t=t, labels=labels, c=c, u=u, g=g, gu=gu)
 
 
-def eps_of(s, variant: str, t=None) -> torch.Tensor:
+def eps_of(s, variant: str) -> torch.Tensor:
     factory = gv.make_eps_fn_factory(gv.parse_variant(variant), s["schedule"], s["guide"], precision="fp32")
-    return factory(s["model"], s["labels"], cfg=2.0, null_label=3, T=T)(s["x"], s["t"] if t is None else t)
+    return factory(s["model"], s["labels"], cfg=2.0, null_label=3, T=T)(s["x"], s["t"])
 
 
 def test_parse_variant_defaults_and_errors():
