@@ -14,6 +14,9 @@ not matter) and reports:
     FD ceiling    the same for N images of Gaussian noise, N(0, 1) clipped to [-1, 1]
     NN            the mean L2 distance (pixels in [0, 1]) from each sample to its nearest training image,
                   against the same for N real test images: a ratio well below 1 means copying
+    copies        the fraction of samples at most 1/3 as far from their nearest training image as from the
+                  second nearest (the memorisation criterion of Yoon et al. 2023 and Gu et al. 2023), against
+                  the same for N real test images: a mean NN ratio near 1 can hide a few copies; this cannot
 
 Images are quantised to uint8 first, as they would be when saved.
 """
@@ -81,20 +84,41 @@ def frechet_distance_features(a: np.ndarray | torch.Tensor, b: np.ndarray | torc
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
 
 
-def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
-    """L2 distance (N,) from each query image to its nearest reference image; uint8 images (N, C, H, W) scaled to [0, 1]."""
+def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, *, k: int = 1, chunk: int = 256) -> torch.Tensor:
+    """L2 distances (N, k), ascending, from each query image to its k nearest reference images; uint8 images
+    (N, C, H, W) scaled to [0, 1]."""
     if queries.shape[1:] != reference.shape[1:]:
         raise ValueError(f"image shapes differ: queries {tuple(queries.shape[1:])}, reference {tuple(reference.shape[1:])}")
+    if not 1 <= k <= len(reference):
+        raise ValueError(f"k must be in 1..{len(reference)} (the reference size), got {k}")
     r = reference.flatten(1).float() / 255.0  # (M, D)
     r_sq = (r * r).sum(1)  # (M,)
     out = []
     for part in queries.split(chunk):
         q = part.flatten(1).float() / 255.0  # (n, D)
-        # ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r finds the nearest one fast; its distance is then
+        # ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r finds the nearest ones fast; their distances are then
         # recomputed directly, in float64, so that a copied image gives exactly 0
-        nearest = (r_sq[None, :] - 2.0 * (q @ r.T)).argmin(dim=1)  # (n,)
-        out.append((q.double() - r[nearest].double()).norm(dim=1).float())
+        nearest = (r_sq[None, :] - 2.0 * (q @ r.T)).topk(k, dim=1, largest=False).indices  # (n, k)
+        d = (q.double()[:, None, :] - r[nearest].double()).norm(dim=2)  # (n, k)
+        out.append(d.sort(dim=1).values.float())
     return torch.cat(out)
+
+
+def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
+    """L2 distance (N,) from each query image to its nearest reference image; uint8 images (N, C, H, W) scaled to [0, 1]."""
+    return nearest_distances(queries, reference, k=1, chunk=chunk)[:, 0]
+
+
+COPY_RATIO = 1 / 3  # Yoon et al. 2023 / Gu et al. 2023: a copy is 3x closer to its nearest training image than to the next
+
+
+def copy_fraction(d: torch.Tensor, ratio: float = COPY_RATIO) -> float:
+    """The fraction of images that copy a training image: d1 <= ratio * d2, with d (N, 2) the distances to the
+    nearest and second-nearest training images. An exact copy counts (0 <= anything); a new image that happens
+    to lie near many training images does not, however small d1 is, because d2 is small too."""
+    if d.ndim != 2 or d.shape[1] < 2:
+        raise ValueError(f"d must be (N, 2) distances to the two nearest neighbours, got shape {tuple(d.shape)}")
+    return float((d[:, 0] <= ratio * d[:, 1]).float().mean())
 
 
 def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +162,7 @@ class Reference:
     fd_noise_ceiling: float
     accuracy_train_subset: float
     nn_test_to_train: float
+    copies_test: float  # copy_fraction of those test images: ~0 for real data
     train_images: torch.Tensor  # uint8 (M, C, H, W): the diffusion model's training set
     test_size: int
     train_size: int
@@ -160,13 +185,14 @@ def build_reference(classifier: Classifier, dataset: str, *, n_per_class: int, i
     _, noise_feats = predict(classifier, to_uint8_images(noise))
     # n random real test images against the training split (disjoint from the test split for every dataset)
     test_idx = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(seed + 1))[:n]
-    nn_test = nearest_neighbour_distances(test_split.images[test_idx], train_split.images)
+    nn_test = nearest_distances(test_split.images[test_idx], train_split.images, k=2)  # (n, 2)
     return Reference(
         n=n, test_features=test_feats.numpy(),
         fd_train_floor=frechet_distance_features(train_feats, test_feats),
         fd_noise_ceiling=frechet_distance_features(noise_feats, test_feats),
         accuracy_train_subset=float((train_pred == train_split.labels[train_idx]).float().mean()),
-        nn_test_to_train=float(nn_test.mean()), train_images=model_train.images,
+        nn_test_to_train=float(nn_test[:, 0].mean()), copies_test=copy_fraction(nn_test),
+        train_images=model_train.images,
         test_size=len(test_split), train_size=len(model_train),
     )
 
@@ -196,7 +222,8 @@ def evaluate_setting(pipe: Pipeline, classifier: Classifier, reference: Referenc
     seconds = time.time() - t0
     pred, feats = predict(classifier, images)
     fd = frechet_distance_features(feats.numpy(), reference.test_features)
-    nn_mean = float(nearest_neighbour_distances(images, reference.train_images).mean())
+    nn = nearest_distances(images, reference.train_images, k=2)  # (N, 2)
+    nn_mean = float(nn[:, 0].mean())
     names = pipe.class_names or tuple(str(i) for i in range(k))
     return {
         **asdict(setting),
@@ -208,6 +235,7 @@ def evaluate_setting(pipe: Pipeline, classifier: Classifier, reference: Referenc
         "fd_over_floor": fd / reference.fd_train_floor if reference.fd_train_floor > 0 else math.inf,
         "nn_to_train": nn_mean,
         "nn_over_test": nn_mean / reference.nn_test_to_train,
+        "copies": copy_fraction(nn),
         "seconds": round(seconds, 1),
     }
 
@@ -229,17 +257,22 @@ def check_compatible(pipe: Pipeline, classifier: Classifier, classifier_info: di
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The results as a markdown table, followed by the reference values."""
+    """The results as a markdown table, followed by the reference values. Reports written before the copy
+    check existed have no "copies" figures; their table leaves that column out."""
     ref = report["reference"]
+    copies = all("copies" in r for r in report["results"]) and "copies_test" in ref
     lines = [
-        "| sampler | steps | CFG | guidance interval | precision | accuracy | FD | FD / floor | NN to train | NN / test NN | time (s) |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| sampler | steps | CFG | guidance interval | precision | accuracy | FD | FD / floor | NN to train | NN / test NN |"
+        + (" copies |" if copies else "") + " time (s) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if copies else "") + "---:|",
     ]
     for r in report["results"]:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
                      f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
-                     f"{r['seconds']:.0f} |")
+                     + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")
+    copy_note = (f"; copies (nearest training image at most 1/3 as far as the second nearest) among those test "
+                 f"images: {ref['copies_test']:.1%}" if copies else "")
     lines += [
         "",
         f"N = {ref['n']} images ({report['n_per_class']} per class), seed {report['seed']}. "
@@ -247,7 +280,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"noise ceiling {ref['fd_noise_ceiling']:.1f}; classifier accuracy on those training images "
         f"{ref['accuracy_train_subset']:.1%}, on the whole test set {report['classifier_test_accuracy']:.1%}; "
         f"real test images' mean nearest-neighbour distance to the training set {ref['nn_test_to_train']:.3f} "
-        "(L2, pixels in [0, 1]).",
+        f"(L2, pixels in [0, 1]){copy_note}.",
     ]
     return "\n".join(lines)
 
@@ -275,13 +308,14 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
                           channels=m.in_channels, seed=seed)
     if log:
         log(f"reference ({time.time() - t0:.0f} s): FD floor {ref.fd_train_floor:.3f}, noise ceiling "
-            f"{ref.fd_noise_ceiling:.1f}, test NN {ref.nn_test_to_train:.3f}")
+            f"{ref.fd_noise_ceiling:.1f}, test NN {ref.nn_test_to_train:.3f}, test copies {ref.copies_test:.1%}")
     results = []
     for s in settings:
         row = evaluate_setting(pipe, classifier, ref, s, n_per_class=n_per_class, seed=seed, batch_size=batch_size)
         if log:
             log(f"{s.sampler} {s.steps} steps, cfg {s.cfg:g}: accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
-                f"({row['fd_over_floor']:.2f}x floor), NN ratio {row['nn_over_test']:.2f}, {row['seconds']:.0f} s")
+                f"({row['fd_over_floor']:.2f}x floor), NN ratio {row['nn_over_test']:.2f}, copies {row['copies']:.1%}, "
+                f"{row['seconds']:.0f} s")
         results.append(row)
     return {
         "checkpoint": str(checkpoint),
@@ -294,6 +328,7 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
         "reference": {
             "n": ref.n, "fd_train_floor": ref.fd_train_floor, "fd_noise_ceiling": ref.fd_noise_ceiling,
             "accuracy_train_subset": ref.accuracy_train_subset, "nn_test_to_train": ref.nn_test_to_train,
+            "copies_test": ref.copies_test,
             "test_images": ref.test_size, "train_images": ref.train_size,
         },
         "results": results,

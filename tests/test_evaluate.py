@@ -16,12 +16,15 @@ from ddpm.evaluate import (
     Setting,
     balanced_subset,
     build_reference,
+    copy_fraction,
     evaluate_setting,
     feature_statistics,
     frechet_distance,
     frechet_distance_features,
     generate,
     main,
+    markdown_table,
+    nearest_distances,
     nearest_neighbour_distances,
     to_uint8_images,
 )
@@ -122,6 +125,38 @@ def test_nearest_neighbours_match_brute_force():
         nearest_neighbour_distances(queries, ref[:, :, :5])
 
 
+def test_k_nearest_distances_match_brute_force():
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randint(0, 256, (200, 1, 5, 5), generator=g, dtype=torch.uint8)
+    queries = torch.randint(0, 256, (30, 1, 5, 5), generator=g, dtype=torch.uint8)
+    expected = torch.cdist(queries.flatten(1).double() / 255, ref.flatten(1).double() / 255).sort(1).values[:, :3]
+    torch.testing.assert_close(nearest_distances(queries, ref, k=3, chunk=4).double(), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"k must be in 1..200"):
+        nearest_distances(queries, ref, k=201)
+
+
+def test_copy_fraction_catches_copies_and_near_copies_only():
+    g = torch.Generator().manual_seed(2)
+    train = torch.randint(0, 256, (100, 1, 8, 8), generator=g, dtype=torch.uint8)
+    copies = train[:10]
+    # a near copy: the nearest image is moved by 8/255 in 4 pixels, L2 16/255 = 0.063, while random 8x8 images are
+    # ~2.6 apart (64 pixels, each difference ~U(-1, 1)): d1 / d2 ~ 0.02, far below 1/3
+    near = train[10:20].clone()
+    near[:, :, :2, :2] = (near[:, :, :2, :2].int() + 8).clamp(max=255).to(torch.uint8)
+    fresh = torch.randint(0, 256, (30, 1, 8, 8), generator=g, dtype=torch.uint8)
+    assert copy_fraction(nearest_distances(copies, train, k=2)) == 1.0
+    assert copy_fraction(nearest_distances(near, train, k=2)) == 1.0
+    assert copy_fraction(nearest_distances(fresh, train, k=2)) == 0.0
+    mixed = torch.cat([copies, fresh])  # 10 of 40
+    assert copy_fraction(nearest_distances(mixed, train, k=2)) == pytest.approx(0.25)
+    # the criterion is relative: halfway between two training images is not a copy, however close both are
+    a, b = torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.full((1, 1, 8, 8), 2, dtype=torch.uint8)
+    mid = torch.ones(1, 1, 8, 8, dtype=torch.uint8)
+    assert copy_fraction(nearest_distances(mid, torch.cat([a, b]), k=2)) == 0.0
+    with pytest.raises(ValueError, match="two nearest"):
+        copy_fraction(torch.zeros(5))
+
+
 def test_to_uint8_images():
     x = torch.tensor([-1.0, -2.0, 0.0, 1.0, 3.0]).reshape(1, 1, 1, 5)
     assert to_uint8_images(x).flatten().tolist() == [0, 0, 128, 255, 255]
@@ -172,6 +207,7 @@ def test_reference_orders_real_data_below_noise(reference):
     assert 0 < reference.fd_train_floor < reference.fd_noise_ceiling / 5
     assert reference.accuracy_train_subset > 0.3  # two short epochs of a tiny CNN already read digits (chance: 0.1)
     assert 1.0 < reference.nn_test_to_train < 15.0  # L2 over 784 pixels in [0, 1]
+    assert reference.copies_test <= 0.02  # real held-out digits are not copies of the others
 
 
 class CopyingPipe:
@@ -191,7 +227,7 @@ def test_memorising_generator_is_caught(tiny_classifier, reference):
     _, clf = tiny_classifier
     pipe = CopyingPipe(reference.train_images, load_split_labels())
     row = evaluate_setting(pipe, clf, reference, Setting(), n_per_class=5, batch_size=20)
-    assert row["nn_to_train"] == 0 and row["nn_over_test"] == 0
+    assert row["nn_to_train"] == 0 and row["nn_over_test"] == 0 and row["copies"] == 1.0
     assert row["n"] == 50 and 0.0 <= row["accuracy"] <= 1.0
     assert row["fd"] < reference.fd_noise_ceiling / 5  # real digits score like real digits
 
@@ -234,17 +270,35 @@ def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, c
     assert code == 0
     table = capsys.readouterr().out
     assert table.startswith("| sampler | steps | CFG |") and "FD floor" in table
+    assert "| copies |" in table.splitlines()[0] and "copies (nearest training image" in table
     report = json.loads(out.read_text())
     assert {"checkpoint", "classifier", "classifier_test_accuracy", "dataset", "n_per_class", "seed", "reference",
             "results"} <= set(report)
-    assert {"n", "fd_train_floor", "fd_noise_ceiling", "accuracy_train_subset", "nn_test_to_train"} <= set(report["reference"])
+    assert {"n", "fd_train_floor", "fd_noise_ceiling", "accuracy_train_subset", "nn_test_to_train",
+            "copies_test"} <= set(report["reference"])
     assert [r["cfg"] for r in report["results"]] == [0.0, 2.0]
     for r in report["results"]:
         assert {"sampler", "steps", "cfg", "guidance_interval", "precision", "accuracy", "per_class_accuracy", "fd",
-                "fd_over_floor", "nn_to_train", "nn_over_test", "seconds", "n"} <= set(r)
+                "fd_over_floor", "nn_to_train", "nn_over_test", "copies", "seconds", "n"} <= set(r)
         assert r["n"] == 30 and r["steps"] == 3 and r["guidance_interval"] == [0.2, 0.8]
         assert 0 <= r["accuracy"] <= 1 and r["fd"] >= 0
         assert r["fd_over_floor"] == pytest.approx(r["fd"] / report["reference"]["fd_train_floor"])
+
+
+def test_table_of_an_older_report_has_no_copies_column():
+    row = {"sampler": "ddim", "steps": 50, "cfg": 1.5, "guidance_interval": None, "precision": "bf16", "accuracy": 0.977,
+           "fd": 0.9, "fd_over_floor": 4.3, "nn_to_train": 3.6, "nn_over_test": 1.02, "seconds": 218.0}
+    report = {"reference": {"n": 1000, "fd_train_floor": 0.21, "fd_noise_ceiling": 143.3, "accuracy_train_subset": 0.939,
+                            "nn_test_to_train": 3.59},
+              "results": [row], "n_per_class": 100, "seed": 0, "classifier_test_accuracy": 0.924}
+    old = markdown_table(report).splitlines()
+    assert "copies" not in old[0] and old[0].count("|") == old[1].count("|") == old[2].count("|") == 12
+    assert old[2] == "| ddim | 50 | 1.5 | - | bf16 | 97.7% | 0.90 | 4.30 | 3.600 | 1.02 | 218 |"
+    report["reference"]["copies_test"], row["copies"] = 0.0, 0.031
+    new = markdown_table(report).splitlines()
+    assert new[0].count("|") == new[1].count("|") == new[2].count("|") == 13
+    assert new[2] == "| ddim | 50 | 1.5 | - | bf16 | 97.7% | 0.90 | 4.30 | 3.600 | 1.02 | 3.1% | 218 |"
+    assert "those test images: 0.0%." in new[-1]
 
 
 @pytest.mark.parametrize("extra, message", [
