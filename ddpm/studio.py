@@ -7,6 +7,7 @@ Every check raises ValueError naming the bad value and the allowed range; the ap
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CONFIG_NAME
+from .checkpoint import CONFIG_NAME, FORMAT
 from .frames import frames_by_log_snr
 from .pipeline import Pipeline, load
 from .samplers import SAMPLERS, ddim_steps, ddpm_steps, guided_at, randn_per_image, run_to_end
@@ -279,11 +280,25 @@ def generated_examples(pipe: Pipeline, *, steps: int = 20, seed: int = 0) -> lis
 
 # -- models ----------------------------------------------------------------------------------------
 def local_checkpoints(root: str | Path = "checkpoints") -> list[str]:
-    """Sub-folders of root that hold a config.json, sorted."""
+    """Sub-folders of root that hold a diffusion checkpoint's config.json, sorted.
+
+    A folder whose config.json declares another format (the evaluation classifiers shipped beside the models)
+    is left out; one whose config.json cannot be read stays in, so that the app reports why it fails to load.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(str(p) for p in root.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    return sorted(str(p) for p in root.iterdir()
+                  if p.is_dir() and (p / CONFIG_NAME).is_file() and _declared_format(p / CONFIG_NAME) in (None, FORMAT))
+
+
+def _declared_format(path: Path) -> str | None:
+    """The "format" a config.json declares, or None if it declares none or cannot be read."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return d.get("format") if isinstance(d, dict) and isinstance(d.get("format"), str) else None
 
 
 class ModelRegistry:

@@ -192,4 +192,11 @@ def test_local_checkpoints(tmp_path, tiny_checkpoint):
     (tmp_path / "a-empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
     assert local_checkpoints(tmp_path) == [str(tmp_path / "b-model")]
+    # an evaluation classifier beside the models is not a model to offer; a garbled config still is (its
+    # load error is shown on the page)
+    (tmp_path / "c-classifier").mkdir()
+    (tmp_path / "c-classifier" / "config.json").write_text('{"format": "ddpm-studio-classifier", "format_version": 1}')
+    (tmp_path / "d-garbled").mkdir()
+    (tmp_path / "d-garbled" / "config.json").write_text("{not json")
+    assert local_checkpoints(tmp_path) == [str(tmp_path / "b-model"), str(tmp_path / "d-garbled")]
     assert local_checkpoints(tmp_path / "missing") == []
