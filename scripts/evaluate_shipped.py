@@ -1,4 +1,4 @@
-"""Evaluate a Fashion-MNIST checkpoint the way the shipped one is evaluated, and pick the app's default guidance.
+"""Evaluate a checkpoint the way the shipped ones are evaluated, and pick the app's default guidance.
 
     python scripts/evaluate_shipped.py --checkpoint checkpoints/fashion-mnist --out bench/out/eval
 
