@@ -74,9 +74,9 @@ for x₀ gives the model's current guess of the final image: a blurry average ea
 
 **CFG (classifier-free guidance)** runs the network with and without the class label and pushes further along
 the difference: ε = ε_uncond + w · (ε_cond − ε_uncond). w = 0 ignores the label, w = 1 is plain conditional
-sampling, a larger w gives more typical but less varied images. A model may recommend guiding only in a middle
-interval of noise levels: at the noisiest steps guidance pulls every sample towards the same few shapes, at the
-cleanest it changes little.
+sampling, a larger w gives more typical but less varied images. A model may recommend guiding only in an
+interval of noise levels: at the noisiest steps, where the outline is decided, a little guidance fixes the class
+and a lot pulls every sample towards the same few shapes; at the cleanest steps it changes little.
 
 **Steps** is the number of network evaluations. The model learned T noise levels; DDIM jumps over most of them
 (about 50 is plenty), DDPM ancestral adds fresh noise at every step and needs more.
