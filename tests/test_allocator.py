@@ -13,18 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # allocate and free a 64 MB tensor 3 times (the heap may grow during these), then 10 more times: report the minor
-# page faults of the last 10 and what tune_allocator said
+# page faults of each of the last 10 and what tune_allocator said
 PROBE = """
 import json, resource, sys, torch
 from ddpm.allocator import tune_allocator
 tuned = tune_allocator() if sys.argv[1] == "tune" else None
 for _ in range(3):
     torch.ones(16_000_000)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(16_000_000)
     del x
-print(json.dumps({"tuned": tuned, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"tuned": tuned, "faults": faults}))
 """
 
 
@@ -43,10 +45,12 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("C
 def test_tuning_stops_the_page_faults_of_large_tensors():
     plain, tuned = probe("plain"), probe("tune")
     assert tuned["tuned"] is True
-    # untuned: every 64 MB tensor is a fresh mmap, ~15,600 pages faulted in each time; tuned: the heap's memory is
-    # reused (at most one more growth of the heap, seen under pytest)
-    assert plain["faults"] > 10 * 10_000
-    assert tuned["faults"] < plain["faults"] / 4
+    # untuned: every 64 MB tensor is a fresh mmap, ~15,600 pages (4 KiB) faulted in each time; tuned: the heap's
+    # memory is reused, so most allocations fault almost nothing (a loaded machine has seen the heap grow again in
+    # up to 3 of the 10, each growth faulting a whole tensor in)
+    pages = 16_000_000 * 4 // 4096
+    assert all(f > 0.9 * pages for f in plain["faults"]), plain["faults"]
+    assert sum(f < 0.1 * pages for f in tuned["faults"]) >= 6, tuned["faults"]
 
 
 @glibc
