@@ -301,6 +301,25 @@ def test_table_of_an_older_report_has_no_copies_column():
     assert "those test images: 0.0%." in new[-1]
 
 
+def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_classifier, tmp_path):
+    """Without --cfg / --guidance-interval the CLI evaluates what the app would run: the recommended w and interval."""
+    import dataclasses
+
+    from ddpm.checkpoint import load_config, load_model
+
+    folder = tmp_path / "recommends"
+    model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
+    save_checkpoint(folder, model, dataclasses.replace(config, sampling={"sampler": "ddim", "steps": 3, "cfg": 2.5,
+                                                                         "guidance_interval": [0.3, 0.9]}))
+    common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
+              "--batch-size", "20"]
+    assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
+    row = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    assert (row["steps"], row["cfg"], row["guidance_interval"]) == (3, 2.5, [0.3, 0.9])
+    assert main(common + ["--guidance-interval", "0", "1", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["guidance_interval"] == [0.0, 1.0]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--n-per-class", "1"], "n_per_class must be an integer >= 2"),
     (["--steps", "0"], "steps must be an integer in 1..50"),
