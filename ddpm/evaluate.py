@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, nargs="+", default=None, help="one or more guidance scales w (default: the checkpoint's, else 3)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                        help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: the checkpoint's "
-                             "recommendation, if any; 0 1 guides at every step")
+                        help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg, the "
+                             "checkpoint's recommended interval, if any; with --cfg, every step")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="network precision while sampling")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100, help="images per sampler call")
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler = args.sampler or rec.get("sampler", "ddim")
         steps = args.steps or [int(rec.get("steps", 50))]
         cfgs = args.cfg or [float(rec.get("cfg", 3.0))]
-        rec_interval = rec.get("guidance_interval")
+        # no --cfg: the checkpoint's recommendation, w and interval together (what the app runs by default)
+        rec_interval = rec.get("guidance_interval") if args.cfg is None else None
         interval = (tuple(args.guidance_interval) if args.guidance_interval
                     else tuple(rec_interval) if rec_interval else None)
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=args.eta, guidance_interval=interval,

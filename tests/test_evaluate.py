@@ -302,7 +302,7 @@ def test_table_of_an_older_report_has_no_copies_column():
 
 
 def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_classifier, tmp_path):
-    """Without --cfg / --guidance-interval the CLI evaluates what the app would run: the recommended w and interval."""
+    """Without --cfg the CLI evaluates what the app runs by default: the recommended w and interval together."""
     import dataclasses
 
     from ddpm.checkpoint import load_config, load_model
@@ -316,8 +316,12 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
     row = json.loads((tmp_path / "a.json").read_text())["results"][0]
     assert (row["steps"], row["cfg"], row["guidance_interval"]) == (3, 2.5, [0.3, 0.9])
-    assert main(common + ["--guidance-interval", "0", "1", "--json", str(tmp_path / "b.json")]) == 0
-    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["guidance_interval"] == [0.0, 1.0]
+    assert main(common + ["--guidance-interval", "0.5", "1", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["guidance_interval"] == [0.5, 1.0]
+    # an explicit w is a sweep of full guidance unless an interval is given with it
+    assert main(common + ["--cfg", "2", "--json", str(tmp_path / "c.json")]) == 0
+    row = json.loads((tmp_path / "c.json").read_text())["results"][0]
+    assert (row["cfg"], row["guidance_interval"]) == (2.0, None)
 
 
 @pytest.mark.parametrize("extra, message", [
