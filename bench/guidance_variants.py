@@ -68,7 +68,7 @@ def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None, precis
 
     def factory(model, labels, *, cfg, null_label, T, guidance_interval=None, precision="fp32"):
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            inside = lo <= int(t[0]) / (T - 1) <= hi
+            inside = samplers.guided_at(int(t[0]), T, (lo, hi))
             null = torch.full_like(labels, null_label)
             if name == "auto":
                 if inside and param != 1.0:

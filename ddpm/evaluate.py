@@ -104,11 +104,6 @@ def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, *, k: int 
     return torch.cat(out)
 
 
-def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
-    """L2 distance (N,) from each query image to its nearest reference image; uint8 images (N, C, H, W) scaled to [0, 1]."""
-    return nearest_distances(queries, reference, k=1, chunk=chunk)[:, 0]
-
-
 COPY_RATIO = 1 / 3  # Yoon et al. 2023 / Gu et al. 2023: a copy is 3x closer to its nearest training image than to the next
 
 
@@ -374,9 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or [int(rec.get("steps", 50))]
         cfgs = args.cfg or [float(rec.get("cfg", 3.0))]
         # no --cfg: the checkpoint's recommendation, w and interval together (what the app runs by default)
-        rec_interval = rec.get("guidance_interval") if args.cfg is None else None
-        interval = (tuple(args.guidance_interval) if args.guidance_interval
-                    else tuple(rec_interval) if rec_interval else None)
+        interval = args.guidance_interval or (rec.get("guidance_interval") if args.cfg is None else None)
+        interval = tuple(interval) if interval else None
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=args.eta, guidance_interval=interval,
                             precision=args.precision) for st in steps for w in cfgs]
         report = run(args.checkpoint, args.classifier or default_classifier(config.dataset), settings,
