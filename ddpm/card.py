@@ -39,22 +39,58 @@ TRAIN_SETTINGS = ("dataset", "preset", "steps", "batch_size", "grad_accum", "lr"
 # -- the sample grid -------------------------------------------------------------------------------
 def ensure_sample_grid(folder: str | Path, *, force: bool = False) -> Path:
     """folder/samples.png for the current weights: kept if newer than model.safetensors, else the training
-    loop's grid of the same step (samples/step_NNNNNNN.png) is copied, else one is sampled now."""
+    loop's grid of the same step (samples/step_NNNNNNN.png) is copied (only without recommended sampling settings:
+    that grid is drawn with the fixed GRID_* settings), else one is sampled now."""
     folder = Path(folder)
     grid, weights = folder / GRID_NAME, folder / WEIGHTS_NAME
     if not force and grid.is_file() and grid.stat().st_mtime >= weights.stat().st_mtime:
         return grid
-    steps = load_config(folder).training.get("steps")
+    config = load_config(folder)
+    steps = config.training.get("steps")
     from_training = folder / "samples" / f"step_{int(steps):07d}.png" if steps is not None else None
-    if not force and from_training is not None and from_training.is_file() \
+    if not force and not config.sampling and from_training is not None and from_training.is_file() \
             and from_training.stat().st_mtime >= weights.stat().st_mtime:
         shutil.copyfile(from_training, grid)
         return grid
     return write_sample_grid(folder)
 
 
+def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
+    """How samples.png is drawn: the checkpoint's recommended sampling (what the app runs by default), or without
+    one, the training loop's fixed settings (DDIM, 25 steps, w = 2). Keyword arguments of Pipeline.sample."""
+    s = config.sampling
+    if not s:
+        settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
+    else:
+        settings = {"sampler": s.get("sampler", "ddim"), "steps": s.get("steps", 50), "cfg": s.get("cfg", GRID_CFG)}
+        if s.get("eta") is not None:
+            settings["eta"] = s["eta"]
+        if s.get("guidance_interval") is not None:
+            settings["guidance_interval"] = tuple(s["guidance_interval"])
+    if config.model.num_classes is None:
+        settings.pop("cfg")
+        settings.pop("guidance_interval", None)
+    return settings
+
+
+def grid_caption(config: CheckpointConfig) -> str:
+    """The card's line under samples.png, from grid_settings."""
+    g = grid_settings(config)
+    rows = (f"one row per class ({', '.join(config.class_names or ())})" if config.model.num_classes is not None
+            else "uncurated samples")
+    text = f"{rows}; {g['sampler'].upper()}, {g['steps']} steps"
+    if g.get("eta"):
+        text += f", eta {g['eta']:g}"
+    if "cfg" in g:
+        text += f", guidance w = {float(g['cfg']):g}"
+        if g.get("guidance_interval"):
+            text += " for t/T in {:g}..{:g}".format(*g["guidance_interval"])
+    text += ", seed 0" + (" (the recommended settings)" if config.sampling else "")
+    return text + "."
+
+
 def write_sample_grid(folder: str | Path, *, seed: int = 0) -> Path:
-    """Sample folder/samples.png: one row of 8 per class (DDIM, 25 steps, w = 2), or 4 rows if unconditional."""
+    """Sample folder/samples.png with grid_settings: one row of 8 per class, or 4 rows if unconditional."""
     import torch
 
     from .images import save_grid
@@ -62,12 +98,12 @@ def write_sample_grid(folder: str | Path, *, seed: int = 0) -> Path:
 
     folder = Path(folder)
     pipe = load(folder)
-    steps = min(GRID_STEPS, pipe.T)
+    settings = grid_settings(pipe.config)
     if pipe.conditional:
         labels = torch.arange(pipe.config.model.num_classes).repeat_interleave(GRID_PER_ROW).tolist()
-        x0 = pipe.sample(labels, sampler="ddim", steps=steps, cfg=GRID_CFG, seed=seed)
+        x0 = pipe.sample(labels, seed=seed, **settings)
     else:
-        x0 = pipe.sample(n=GRID_PER_ROW * GRID_UNCONDITIONAL_ROWS, sampler="ddim", steps=steps, seed=seed)
+        x0 = pipe.sample(n=GRID_PER_ROW * GRID_UNCONDITIONAL_ROWS, seed=seed, **settings)
     return save_grid(x0, folder / GRID_NAME, nrow=GRID_PER_ROW)
 
 
@@ -115,10 +151,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
             f"({_human(parameter_count(m))} parameters). The network predicts the noise eps; "
             f"`config.json` describes it completely and `{WEIGHTS_NAME}` holds its (EMA) weights.", ""]
     if (folder / GRID_NAME).is_file():
-        rows = f"one row per class ({', '.join(config.class_names or ())})" if conditional else "uncurated samples"
-        out += [f"![Samples from this model]({GRID_NAME})", "",
-                f"*{rows}; DDIM, {min(GRID_STEPS, s.timesteps)} steps"
-                f"{f', guidance w = {GRID_CFG:g}' if conditional else ''}, seed 0.*", ""]
+        out += [f"![Samples from this model]({GRID_NAME})", "", f"*{grid_caption(config)}*", ""]
 
     where = "downloads into the Hugging Face cache" if on_hub else "a local folder; a Hub id user/repo works too"
     out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # {where}']

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -112,3 +113,32 @@ def test_unconditional_card_and_grid(tmp_path):
     text = write_model_card(folder).read_text()
     assert "# DDPM on MNIST" in text and "pipe.sample(n=4" in text and "uncurated samples" in text
     assert "| wall time | 2.0 h |" in text and "guidance" not in text
+
+
+def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
+    from ddpm.card import grid_caption
+    from ddpm.checkpoint import save_config
+    from ddpm.images import save_grid
+    from ddpm.pipeline import load
+
+    steps = load_config(checkpoint).training["steps"]
+    from_training = checkpoint / "samples" / f"step_{steps:07d}.png"
+    from_training.parent.mkdir(exist_ok=True)
+    from_training.write_bytes(b"training grid")  # drawn with the fixed settings: must not stand in for these
+    plain = ensure_sample_grid(checkpoint, force=True).read_bytes()  # no recommendation: DDIM, w = 2
+
+    config = load_config(checkpoint)
+    save_config(checkpoint, dataclasses.replace(config, sampling={"sampler": "ddim", "steps": 7, "cfg": 3.5,
+                                                                  "guidance_interval": [0.2, 1.0]}))
+    (checkpoint / "model.safetensors").touch()  # the grid is now older than the weights
+    grid = ensure_sample_grid(checkpoint).read_bytes()
+    assert grid != b"training grid" and grid != plain
+
+    labels = [c for c in range(3) for _ in range(8)]
+    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=3.5, guidance_interval=(0.2, 1.0), seed=0)
+    assert save_grid(expected, tmp_path / "expected.png", nrow=8).read_bytes() == grid
+
+    caption = grid_caption(load_config(checkpoint))
+    assert caption == ("one row per class (Horizontal, Vertical, Square); DDIM, 7 steps, guidance w = 3.5 for t/T in "
+                       "0.2..1, seed 0 (the recommended settings).")
+    assert f"*{caption}*" in write_model_card(checkpoint).read_text()
