@@ -124,7 +124,8 @@ def card_metadata(config: CheckpointConfig, *, license: str = DEFAULT_LICENSE) -
 def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     """The text of README.md for a checkpoint folder.
 
-    extra: "repo_id" (used in the usage example; default: the folder), "license" (default "mit"); any other
+    extra: "repo_id" (used in the usage example; default: the folder), "license" (default "mit"), "reproduce" (the
+    commands that made the weights, e.g. a run resumed with other settings; default: from train_config.json); any other
     key/value pairs are listed under Training.
     """
     import yaml
@@ -137,6 +138,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     on_hub = "repo_id" in extra  # else the card describes a local folder
     repo_id = str(extra.pop("repo_id", folder))
     license = str(extra.pop("license", DEFAULT_LICENSE))
+    reproduce = extra.pop("reproduce", None)  # commands that made the weights, when train_config.json alone cannot say
     m, s, tr = config.model, config.schedule, config.training
     conditional = m.num_classes is not None
     dataset_name = HUB_DATASETS.get(config.dataset, (config.dataset, None))[0]
@@ -199,7 +201,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
             "(eq. 14), mean ||eps - eps_theta(x_t, t, y)||^2" + (", with the label dropped to the null label "
             f"with probability {tr.get('label_dropout')} (classifier-free guidance)" if conditional and
             tr.get("label_dropout") is not None else "") + ".", "", *_table(train_rows), ""]
-    command = training_command(folder)
+    command = str(reproduce) if reproduce else training_command(folder)
     if command:
         out += ["Reproduce it:", "", "```bash", command, "```", ""]
     settings = _train_settings(folder)

@@ -142,3 +142,13 @@ def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
     assert caption == ("one row per class (Horizontal, Vertical, Square); DDIM, 7 steps, guidance w = 3.5 for t/T in "
                        "0.2..1, seed 0 (the recommended settings).")
     assert f"*{caption}*" in write_model_card(checkpoint).read_text()
+
+
+def test_card_reproduce_commands_can_be_given(checkpoint):
+    """A run resumed with other settings is not one train.py command: the card takes the real sequence."""
+    auto = model_card(checkpoint)
+    assert "Reproduce it:" in auto and "python train.py --dataset" in auto
+    steps = "python train.py --steps 100 --decay-steps 20 --out r\npython train.py --out r --resume --steps 200"
+    text = model_card(checkpoint, extra={"reproduce": steps})
+    assert f"Reproduce it:\n\n```bash\n{steps}\n```" in text
+    assert "| reproduce |" not in text  # not a row of the training table
