@@ -357,7 +357,9 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                         with gr.Column(scale=4):
                             gr.Markdown("### Guidance explorer\nThe same seed, class, sampler and steps at CFG "
                                         + ", ".join(f"{w:g}" for w in GUIDANCE_SCALES)
-                                        + ": watch the images get more typical as w grows.")
+                                        + ": watch the images get more typical as w grows. With *Guide only for t/T in* "
+                                        "ticked, the scales differ only inside that interval (small changes); untick "
+                                        "it to see guidance at every step.")
                         explore_btn = gr.Button("Compare guidance scales", scale=1, min_width=200)
                     gallery = gr.Gallery(show_label=False, columns=len(GUIDANCE_SCALES), format="png", height=210,
                                          object_fit="contain", elem_classes="pixelated", elem_id="explorer",
