@@ -3,9 +3,10 @@
     python scripts/evaluate_shipped.py --checkpoint checkpoints/fashion-mnist --out bench/out/eval
 
 Phase 1 (bf16, N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2, 3, 5, and guided only in intervals of noise
-levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`, repeatable, replaces that list). The default is the row that meets the target (accuracy >= 97%
-and FD <= 2x the real-data floor) with the lowest FD; if none does, the row with the lowest FD among those with
-accuracy >= 97% (the class a person asks for, as close to real data as guidance allows), else the most accurate.
+levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`, repeatable, replaces that list). The
+default is the row that meets the target (accuracy >= 97% and FD <= 2x the real-data floor) with the lowest FD;
+if none does, the row with the lowest FD among those with accuracy >= 97% (the class a person asks for, as close
+to real data as guidance allows), else the most accurate.
 --reuse-phase1 takes phase 1 from OUT/phase1.json instead of sampling it again. Phase 2: that default in fp32
 (what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it) and at DDIM 20 steps.
 Phase 3: DDPM ancestral with all 1000 steps at the default, at a smaller N (it costs 20x a 50-step row), with its
