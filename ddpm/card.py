@@ -55,18 +55,21 @@ def ensure_sample_grid(folder: str | Path, *, force: bool = False) -> Path:
     return write_sample_grid(folder)
 
 
+def recommended_sampling(config: CheckpointConfig) -> dict[str, Any]:
+    """config.json's recommended sampling, with the usual defaults (DDIM, 50 steps, w = 3) for what it leaves out."""
+    return {"sampler": "ddim", "steps": 50, "cfg": 3.0, **config.sampling}
+
+
 def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
     """How samples.png is drawn: the checkpoint's recommended sampling (what the app runs by default), or without
     one, the training loop's fixed settings (DDIM, 25 steps, w = 2). Keyword arguments of Pipeline.sample."""
-    s = config.sampling
-    if not s:
+    if not config.sampling:
         settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
     else:
-        settings = {"sampler": s.get("sampler", "ddim"), "steps": s.get("steps", 50), "cfg": s.get("cfg", GRID_CFG)}
-        if s.get("eta") is not None:
-            settings["eta"] = s["eta"]
-        if s.get("guidance_interval") is not None:
-            settings["guidance_interval"] = tuple(s["guidance_interval"])
+        settings = {k: v for k, v in recommended_sampling(config).items()
+                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval") and v is not None}
+        if "guidance_interval" in settings:
+            settings["guidance_interval"] = tuple(settings["guidance_interval"])
     if config.model.num_classes is None:
         settings.pop("cfg")
         settings.pop("guidance_interval", None)
@@ -144,7 +147,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     dataset_name = HUB_DATASETS.get(config.dataset, (config.dataset, None))[0]
     kind = "class-conditional" if conditional else "unconditional"
     color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
-    sampling = {"sampler": "ddim", "steps": 50, "cfg": 3.0, **config.sampling}
+    sampling = recommended_sampling(config)
 
     out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
     out += [f"# DDPM on {dataset_name}", "",
