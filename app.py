@@ -27,6 +27,7 @@ from pathlib import Path
 import gradio as gr
 
 from ddpm.allocator import tune_allocator
+from ddpm.checkpoint import DEFAULT_SAMPLING
 from ddpm.frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
@@ -140,14 +141,14 @@ def _interval_label(interval: tuple[float, float] | None) -> str:
 
 def _defaults(pipe: Pipeline) -> dict:
     """Recommended settings from the checkpoint's config.json ("sampling"), within the controls' ranges."""
-    s = pipe.config.sampling
-    steps = s.get("steps", 50)
-    cfg = s.get("cfg", 3.0)
+    s, fallback = pipe.config.recommended_sampling(), DEFAULT_SAMPLING
+    steps = s["steps"] if isinstance(s["steps"], int) and not isinstance(s["steps"], bool) else fallback["steps"]
+    cfg = s["cfg"] if isinstance(s["cfg"], (int, float)) and not isinstance(s["cfg"], bool) else fallback["cfg"]
     return {
         "interval": pipe.guidance_interval,
-        "steps": int(min(max(steps if isinstance(steps, int) else 50, 1), pipe.T)),
-        "cfg": float(min(max(cfg if isinstance(cfg, (int, float)) else 3.0, 0.0), CFG_MAX)),
-        "sampler": s.get("sampler") if s.get("sampler") in ("ddim", "ddpm") else "ddim",
+        "steps": int(min(max(steps, 1), pipe.T)),
+        "cfg": float(min(max(cfg, 0.0), CFG_MAX)),
+        "sampler": s["sampler"] if s["sampler"] in ("ddim", "ddpm") else fallback["sampler"],
     }
 
 

@@ -55,18 +55,13 @@ def ensure_sample_grid(folder: str | Path, *, force: bool = False) -> Path:
     return write_sample_grid(folder)
 
 
-def recommended_sampling(config: CheckpointConfig) -> dict[str, Any]:
-    """config.json's recommended sampling, with the usual defaults (DDIM, 50 steps, w = 3) for what it leaves out."""
-    return {"sampler": "ddim", "steps": 50, "cfg": 3.0, **config.sampling}
-
-
 def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
     """How samples.png is drawn: the checkpoint's recommended sampling (what the app runs by default), or without
     one, the training loop's fixed settings (DDIM, 25 steps, w = 2). Keyword arguments of Pipeline.sample."""
     if not config.sampling:
         settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
     else:
-        settings = {k: v for k, v in recommended_sampling(config).items()
+        settings = {k: v for k, v in config.recommended_sampling().items()
                     if k in ("sampler", "steps", "cfg", "eta", "guidance_interval") and v is not None}
         if "guidance_interval" in settings:
             settings["guidance_interval"] = tuple(settings["guidance_interval"])
@@ -147,7 +142,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     dataset_name = HUB_DATASETS.get(config.dataset, (config.dataset, None))[0]
     kind = "class-conditional" if conditional else "unconditional"
     color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
-    sampling = recommended_sampling(config)
+    sampling = config.recommended_sampling()
 
     out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
     out += [f"# DDPM on {dataset_name}", "",

@@ -31,6 +31,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "training_state.pt"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What sampling uses where config.json's "sampling" is silent: the one fallback for the app, the CLIs and the cards.
+DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior",
+                                    "guidance_interval": None}
 
 
 class CheckpointError(ValueError):
@@ -60,6 +63,10 @@ class CheckpointConfig:
                 raise CheckpointError(
                     f"config has {len(self.class_names)} class names but the model has num_classes={self.model.num_classes}"
                 )
+
+    def recommended_sampling(self) -> dict[str, Any]:
+        """The recommended sampling settings: config.json's "sampling" over DEFAULT_SAMPLING (only those keys)."""
+        return {**DEFAULT_SAMPLING, **{k: v for k, v in self.sampling.items() if k in DEFAULT_SAMPLING}}
 
     def to_dict(self) -> dict[str, Any]:
         from . import __version__

@@ -364,12 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         from .hub import resolve_checkpoint
 
         config = load_config(resolve_checkpoint(args.checkpoint))
-        rec = config.sampling
-        sampler = args.sampler or rec.get("sampler", "ddim")
-        steps = args.steps or [int(rec.get("steps", 50))]
-        cfgs = args.cfg or [float(rec.get("cfg", 3.0))]
+        rec = config.recommended_sampling()
+        sampler = args.sampler or rec["sampler"]
+        steps = args.steps or [int(rec["steps"])]
+        cfgs = args.cfg or [float(rec["cfg"])]
         # no --cfg: the checkpoint's recommendation, w and interval together (what the app runs by default)
-        interval = args.guidance_interval or (rec.get("guidance_interval") if args.cfg is None else None)
+        interval = args.guidance_interval or (rec["guidance_interval"] if args.cfg is None else None)
         interval = tuple(interval) if interval else None
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=args.eta, guidance_interval=interval,
                             precision=args.precision) for st in steps for w in cfgs]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .allocator import tune_allocator
+from .checkpoint import DEFAULT_SAMPLING as DEFAULTS
 
 GRID_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior", "guidance_interval": None}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         torch.set_num_threads(args.threads)
 
     pipe = ddpm.load(args.checkpoint, device=resolve_device(args.device))
-    recommended = {**DEFAULTS, **{k: v for k, v in pipe.config.sampling.items() if k in DEFAULTS}}
+    recommended = pipe.config.recommended_sampling()
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
     interval = None if args.full_guidance else pick("guidance_interval")
     settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),

@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
 import ddpm  # noqa: E402
+from ddpm.checkpoint import DEFAULT_SAMPLING  # noqa: E402
 from ddpm.frames import Frame, grid_scale, to_grid  # noqa: E402
 from ddpm.images import to_pil  # noqa: E402
 from ddpm.studio import SEED_MAX  # noqa: E402
@@ -191,6 +192,25 @@ def test_a_model_recommending_a_guidance_interval_gets_the_checkbox_and_uses_it(
     assert "for t/T" not in run_generate(demo, str(folder), cfg=4.0)[-1]["run-info"]
     back = keyed(handler(demo, "select_model")(str(tiny_checkpoint)))
     assert back["interval"]["visible"] is False
+
+
+@pytest.mark.parametrize("sampling, expected", [
+    ({"sampler": "ddpm", "steps": 40, "cfg": 2.5}, {"sampler": "ddpm", "steps": 40, "cfg": 2.5}),
+    ({}, {"sampler": DEFAULT_SAMPLING["sampler"], "steps": DEFAULT_SAMPLING["steps"], "cfg": DEFAULT_SAMPLING["cfg"]}),
+    # junk in a hand-edited config.json: the shared fallbacks, or clamped into the controls' ranges
+    ({"sampler": "euler", "steps": "many", "cfg": True}, {"sampler": "ddim", "steps": 50, "cfg": 3.0}),
+    ({"steps": 5000, "cfg": 99}, {"sampler": "ddim", "steps": 1000, "cfg": app.CFG_MAX}),
+])
+def test_the_controls_start_at_the_checkpoints_recommendation(tiny_checkpoint, tmp_path, sampling, expected):
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "rec"))
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = sampling
+    (folder / "config.json").write_text(json.dumps(config))
+    demo = app.build_demo(str(folder), checkpoints_dir=str(tmp_path / "none"))
+    sliders = {b.label: b.value for b in demo.blocks.values() if isinstance(b, (gr.Slider, gr.Radio))}
+    assert {"sampler": sliders["Sampler"], "steps": sliders["Steps"], "cfg": sliders["CFG scale (guidance)"]} == expected
+    out = keyed(handler(demo, "select_model")(str(folder)))
+    assert out["Steps"]["value"] == expected["steps"] and out["CFG scale (guidance)"]["value"] == expected["cfg"]
 
 
 def test_forward_view(demo, tiny_checkpoint):

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 import ddpm
 from ddpm.checkpoint import (
     CONFIG_NAME,
+    DEFAULT_SAMPLING,
     STATE_NAME,
     WEIGHTS_NAME,
     CheckpointConfig,
@@ -207,6 +208,18 @@ def test_class_names_must_match_num_classes():
     model = random_model()
     with pytest.raises(CheckpointError, match="2 class names"):
         CheckpointConfig(model=model.config, schedule=ScheduleConfig(), class_names=("a", "b"))
+
+
+def test_recommended_sampling_fills_in_the_defaults(saved):
+    """config.json's "sampling" wins key by key; what it leaves out comes from DEFAULT_SAMPLING; unknown keys are
+    dropped. The recommendation survives a save/load round trip."""
+    folder, model = saved
+    config = config_for(model, sampling={"cfg": 2.0, "guidance_interval": [0.2, 0.8], "comment": "not a setting"})
+    assert config.recommended_sampling() == {**DEFAULT_SAMPLING, "cfg": 2.0, "guidance_interval": [0.2, 0.8]}
+    assert DEFAULT_SAMPLING["cfg"] == 3.0 and DEFAULT_SAMPLING["sampler"] == "ddim"  # the documented fallbacks
+    assert config_for(model).recommended_sampling() == DEFAULT_SAMPLING
+    save_checkpoint(folder, model, config)
+    assert ddpm.load(folder).config.recommended_sampling()["guidance_interval"] == [0.2, 0.8]
 
 
 def test_training_state_round_trip(tmp_path):
