@@ -164,29 +164,38 @@ def load_config(folder: str | Path) -> CheckpointConfig:
     return CheckpointConfig.from_dict(d, source=str(path))
 
 
-def load_model(folder: str | Path, config: CheckpointConfig | None = None, *, device: str | torch.device = "cpu") -> tuple[UNet, CheckpointConfig]:
-    """Build the UNet from config.json and load model.safetensors into it (fp32, eval mode)."""
-    folder = Path(folder)
-    config = config or load_config(folder)
-    path = folder / WEIGHTS_NAME
+def read_weights(folder: str | Path, model: torch.nn.Module, what: str) -> dict[str, torch.Tensor]:
+    """FOLDER/model.safetensors as fp32 tensors, checked to fit `model` key by key and shape by shape.
+
+    Raises CheckpointError naming the file and the missing, unexpected or mis-shaped tensors (`what` names the model
+    in that message). Nothing is unpickled.
+    """
+    path = Path(folder) / WEIGHTS_NAME
     if not path.exists():
         raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS_NAME}")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-    model = UNet(config.model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong:
         detail = "; ".join(
-            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys
+            f"{kind}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys
         )
-        raise CheckpointError(f"{path} does not fit the model described in config.json ({detail})")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+        raise CheckpointError(f"{path} does not fit {what} ({detail})")
+    return {k: v.float() for k, v in tensors.items()}
+
+
+def load_model(folder: str | Path, config: CheckpointConfig | None = None, *, device: str | torch.device = "cpu") -> tuple[UNet, CheckpointConfig]:
+    """Build the UNet from config.json and load model.safetensors into it (fp32, eval mode)."""
+    folder = Path(folder)
+    config = config or load_config(folder)
+    model = UNet(config.model)
+    model.load_state_dict(read_weights(folder, model, "the model described in config.json"))
     model.eval().requires_grad_(False)
     return model.to(device), config
 

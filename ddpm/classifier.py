@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .allocator import tune_allocator
-from .checkpoint import CheckpointError, _atomic_write
+from .checkpoint import CheckpointError, _atomic_write, read_weights
 from .data import ImageDataset, load_dataset, to_model_range
 
 FORMAT = "ddpm-studio-classifier"
@@ -159,21 +158,8 @@ def load_classifier(folder: str | Path, *, device: str | torch.device = "cpu") -
         config = ClassifierConfig.from_dict(dict(d["model"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG_NAME} is invalid: {e}") from e
-    path = folder / WEIGHTS_NAME
-    if not path.exists():
-        raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS_NAME}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     model = Classifier(config)
-    expected = model.state_dict()
-    bad = sorted(set(expected) ^ set(tensors)) + sorted(
-        k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if bad:
-        raise CheckpointError(f"{path} does not fit the classifier described in config.json "
-                              f"(missing, unexpected or mis-shaped: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
-    model.load_state_dict(tensors)
+    model.load_state_dict(read_weights(folder, model, "the classifier described in config.json"))
     model.eval().requires_grad_(False)
     return model.to(device), d
 
