@@ -3,6 +3,7 @@
     python train.py --dataset fashion-mnist --preset small --steps 30000 --batch-size 128 --out checkpoints/fashion-mnist
     python train.py --out checkpoints/fashion-mnist --resume --steps 40000        # continue a run
     python train.py --out checkpoints/fashion-mnist --resume --steps 45000 --decay-steps 5000   # ...with a cool-down
+    python train.py --init-from checkpoints/fashion-mnist --steps 5000 --decay-steps 2000 --out runs/more  # from weights
     torchrun --nproc_per_node 4 train.py ...                                        # data-parallel (see README)
     python train.py ... --push-to-hub user/ddpm-fashion [--private] [--hub-revision BRANCH]  # publish at the end
 """
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.checkpoint_every})")
     add("--weights-dtype", choices=("fp32", "fp16", "bf16"), help=f"dtype of model.safetensors (default {d.weights_dtype})")
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add("--init-from", metavar="CHECKPOINT", help="start from the weights of a checkpoint folder or Hub id "
+        "user/repo[@rev] with the same network (fine-tuning or continuing a shipped model: a fresh optimizer and "
+        "warm-up, the EMA without its warm-up); step counts start at 0")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     hub = p.add_argument_group("Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")

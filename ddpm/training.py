@@ -26,7 +26,9 @@ from torch import nn
 from .checkpoint import (
     STATE_NAME,
     CheckpointConfig,
+    load_config,
     load_training_state,
+    read_weights,
     save_config,
     save_training_state,
     save_weights,
@@ -77,6 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     weights_dtype: str = "fp32"  # dtype of model.safetensors: fp32, fp16, bf16
     threads: int | None = None  # torch CPU threads (None = torch's default)
+    init_from: str | None = None  # start from these weights: a checkpoint folder or Hub id (fresh optimizer, no EMA warm-up)
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ValueError(f"init_from must name a checkpoint folder or Hub id, got {self.init_from!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,14 +154,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 # -- pieces of the loop ----------------------------------------------------------------------------
 class EMA:
-    """Exponential moving average of a model's parameters (and copies of its buffers), kept in fp32."""
+    """Exponential moving average of a model's parameters (and copies of its buffers), kept in fp32.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    With warmup (random initial weights) the decay ramps up as min(decay, (1 + k) / (10 + k)) so the average
+    soon forgets the random start; without it (weights that are already trained) the full decay applies from
+    the first update.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, *, warmup: bool = True) -> None:
         self.decay = decay
+        self.warmup = warmup
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     def decay_at(self, updates: int) -> float:
-        return min(self.decay, (1 + updates) / (10 + updates))
+        return min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, model: nn.Module, updates: int) -> None:
@@ -353,7 +364,10 @@ def train(
 
     torch.manual_seed(cfg.seed)  # the initial weights (identical on every rank)
     model = UNet(model_cfg).to(device)
-    ema = EMA(model, cfg.ema_decay)
+    init_source = None
+    if cfg.init_from is not None and not resume:
+        init_source = load_initial_weights(model, cfg.init_from, ckpt_cfg)
+    ema = EMA(model, cfg.ema_decay, warmup=cfg.init_from is None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step, wall_before = 0, 0.0
     if resume:
@@ -365,6 +379,7 @@ def train(
         ema.shadow = {k: v.float() for k, v in state["ema"].items()}
         opt.load_state_dict(state["optimizer"])
         start_step, wall_before = int(state["step"]), float(state["wall_time_s"])
+        init_source = json.loads(state["init_source_json"]) if state.get("init_source_json") else None
         torch.set_rng_state(state["torch_rng"])
         if start_step >= cfg.steps and dist_info.is_main:
             print(f"{out} is already at step {start_step} >= --steps {cfg.steps}; nothing to do", file=sys.stderr)
@@ -452,7 +467,7 @@ def train(
             is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps
             if is_ckpt and dist_info.is_main:
                 _save(out, model, ema, opt, done, wall_before + time.time() - t_start, last_loss, smoothed,
-                      ckpt_cfg, cfg, precision, device, global_batch)
+                      ckpt_cfg, cfg, precision, device, global_batch, init_source)
                 last_saved = done
             if dist_info.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
                 write_sample_grid(out / "samples" / f"step_{done:07d}.png", ema, model_cfg, schedule, seed=cfg.seed)
@@ -516,8 +531,12 @@ class JsonlLog:
 
 def _save(out: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, step: int, wall: float, loss: float,
           smoothed: float | None, ckpt_cfg: CheckpointConfig, cfg: TrainConfig, precision: str, device: torch.device,
-          global_batch: int) -> None:
-    """Training state first, then weights, then config: each file atomically replaced."""
+          global_batch: int, init_source: dict[str, Any] | None = None) -> None:
+    """Training state first, then weights, then config: each file atomically replaced.
+
+    init_source (a run started with init_from): where its weights came from and how they were trained; kept in
+    the training state so that a resumed run still records it.
+    """
     save_training_state(out, {
         "model": model.state_dict(),
         "ema": ema.shadow,
@@ -526,6 +545,7 @@ def _save(out: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, ste
         "wall_time_s": wall,
         "torch_rng": torch.get_rng_state(),
         "model_config": json.dumps(ckpt_cfg.model.to_dict(), sort_keys=True),
+        **({"init_source_json": json.dumps(init_source)} if init_source else {}),
     })
     save_weights(out, ema.shadow, dtype=cfg.weights_dtype)
     training = {
@@ -543,6 +563,8 @@ def _save(out: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, ste
         "lr": cfg.lr,
         "preset": cfg.preset,
     }
+    if init_source:
+        training["init_from"] = init_source
     save_config(out, replace(ckpt_cfg, training=training))
 
 
@@ -566,6 +588,32 @@ def write_sample_grid(path: Path, ema: EMA, model_cfg: ModelConfig, schedule: No
                                  null_label=model_cfg.num_classes, image_shape=(model_cfg.in_channels,
                                  model_cfg.image_size, model_cfg.image_size)))
     save_grid(x0, path, nrow=per_class)
+
+
+def load_initial_weights(model: nn.Module, source: str, ckpt_cfg: CheckpointConfig) -> dict[str, Any]:
+    """Load the weights of checkpoint `source` (a folder or Hub id) into model, for a run started with init_from.
+
+    The source must describe the same network and noise schedule as this run. Returns what the new run's
+    config.json records about it: {"source", "steps", "images_seen", "wall_time_s"} (the source's own totals,
+    including those of a run it was itself started from).
+    """
+    from .hub import resolve_checkpoint
+
+    folder = resolve_checkpoint(source)
+    src = load_config(folder)
+    if src.model != ckpt_cfg.model:
+        raise ValueError(f"cannot start from {source!r}: its network ({src.model.to_dict()}) differs from this run's "
+                         f"({ckpt_cfg.model.to_dict()}); use the same --preset, dataset and image size")
+    if src.schedule != ckpt_cfg.schedule:
+        raise ValueError(f"cannot start from {source!r}: it was trained with the {src.schedule.name} schedule, "
+                         f"T = {src.schedule.timesteps}; this run uses {ckpt_cfg.schedule.name}, T = "
+                         f"{ckpt_cfg.schedule.timesteps} (set --schedule and --timesteps to match)")
+    model.load_state_dict(read_weights(folder, model, f"the model of {source!r}"))
+    tr = src.training
+    before = tr.get("init_from") or {}
+    total = lambda key: (tr.get(key) or 0) + (before.get(key) or 0) if tr.get(key) is not None else None  # noqa: E731
+    return {"source": str(source), "steps": total("steps"), "images_seen": total("images_seen"),
+            "wall_time_s": total("wall_time_s")}
 
 
 def has_training_state(out: str | Path) -> bool:

@@ -273,3 +273,69 @@ def test_unknown_preset_and_device(tmp_path, synthetic_dataset, tiny_train_confi
         train(tiny_train_config_factory(tmp_path, preset="giant"), dataset=synthetic_dataset, progress=False)
     with pytest.raises(ValueError, match="device"):
         train(tiny_train_config_factory(tmp_path, device="tpu:9"), dataset=synthetic_dataset, progress=False)
+
+
+# -- starting from a checkpoint's weights (init_from) ------------------------------------------------
+def test_init_from_starts_at_the_checkpoints_weights(tmp_path, synthetic_dataset, tiny_train_config_factory,
+                                                     tiny_checkpoint):
+    """A fresh tiny model's first loss is E[eps^2] = 1 (zero output layer); one started from the 100-step
+    checkpoint begins at that checkpoint's loss, and with a vanishing learning rate its weights stay the source's."""
+    losses = []
+    out = tmp_path / "ft"
+    train(tiny_train_config_factory(out, steps=3, batch_size=64, lr=1e-12, init_from=str(tiny_checkpoint), seed=1),
+          dataset=synthetic_dataset, progress=False, on_step=lambda step, loss: losses.append(loss))
+    trained_loss = read_log(tiny_checkpoint)[-1]["loss"]
+    assert losses[0] < 0.5 and losses[0] == pytest.approx(trained_loss, rel=0.6), (losses, trained_loss)
+    src, new = load_file(str(tiny_checkpoint / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert src.keys() == new.keys()
+    for k in src:
+        torch.testing.assert_close(new[k], src[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_init_from_is_recorded_and_survives_resume_and_chaining(tmp_path, synthetic_dataset, tiny_train_config_factory,
+                                                                 tiny_checkpoint):
+    kw = dict(batch_size=16, checkpoint_every=1000, log_every=5)
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(tiny_train_config_factory(first, steps=5, init_from=str(tiny_checkpoint), **kw), dataset=synthetic_dataset,
+          progress=False)
+    rec = json.loads((first / "config.json").read_text())["training"]
+    assert rec["steps"] == 5
+    src = json.loads((tiny_checkpoint / "config.json").read_text())["training"]
+    assert rec["init_from"] == {"source": str(tiny_checkpoint), "steps": 100, "images_seen": src["images_seen"],
+                                "wall_time_s": src["wall_time_s"]}
+    # --resume keeps the record (the run's weights came from there, whatever the resumed process was told)
+    train(tiny_train_config_factory(first, steps=8, init_from=str(tiny_checkpoint), **kw), dataset=synthetic_dataset,
+          progress=False, resume=True)
+    rec = json.loads((first / "config.json").read_text())["training"]
+    assert rec["steps"] == 8 and rec["init_from"]["steps"] == 100
+    # a run started from that run counts everything before it
+    train(tiny_train_config_factory(second, steps=2, init_from=str(first), **kw), dataset=synthetic_dataset,
+          progress=False)
+    chained = json.loads((second / "config.json").read_text())["training"]["init_from"]
+    assert chained["steps"] == 108 and chained["images_seen"] == src["images_seen"] + 8 * 16
+
+
+def test_init_from_without_ema_warm_up():
+    """Weights that are already trained get the full EMA decay from the first update."""
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.99, warmup=False)
+    assert ema.decay_at(0) == ema.decay_at(5) == 0.99
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, 0)
+    torch.testing.assert_close(ema.shadow["weight"], before["weight"] + 0.01)
+
+
+def test_init_from_a_different_network_or_schedule_is_refused(tmp_path, synthetic_dataset, tiny_train_config_factory,
+                                                              tiny_checkpoint):
+    with pytest.raises(ValueError, match="network .* differs .* --preset"):
+        train(tiny_train_config_factory(tmp_path / "a", steps=2, preset="mini", init_from=str(tiny_checkpoint)),
+              dataset=synthetic_dataset, progress=False)
+    with pytest.raises(ValueError, match="cosine schedule.*uses linear"):
+        train(tiny_train_config_factory(tmp_path / "b", steps=2, schedule="linear", init_from=str(tiny_checkpoint)),
+              dataset=synthetic_dataset, progress=False)
+    with pytest.raises(ValueError, match="not found"):
+        train(tiny_train_config_factory(tmp_path / "c", steps=2, init_from=str(tmp_path / "nowhere")),
+              dataset=synthetic_dataset, progress=False)
+    assert not (tmp_path / "a" / "model.safetensors").exists() and not (tmp_path / "b").exists()
