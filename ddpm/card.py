@@ -143,11 +143,13 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     kind = "class-conditional" if conditional else "unconditional"
     color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
     sampling = config.recommended_sampling()
+    init = tr.get("init_from") if isinstance(tr.get("init_from"), dict) else {}  # a run started from other weights
 
     out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
     out += [f"# DDPM on {dataset_name}", "",
             f"A {kind} denoising diffusion probabilistic model (Ho et al., 2020) of {m.image_size}x{m.image_size} "
-            f"{color} images, trained from scratch on {dataset_name} with ddpm-studio "
+            f"{color} images, trained {'further' if init else 'from scratch'} on "
+            f"{dataset_name} with ddpm-studio "
             f"({_human(parameter_count(m))} parameters). The network predicts the noise eps; "
             f"`config.json` describes it completely and `{WEIGHTS_NAME}` holds its (EMA) weights.", ""]
     if (folder / GRID_NAME).is_file():
@@ -183,11 +185,20 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 
+    before = lambda key: init.get(key) if isinstance(init.get(key), (int, float)) else 0  # noqa: E731
+    started = (f"the weights of `{init.get('source')}` ({_int(init.get('steps')) or '?'} steps, "
+               f"{_int(init.get('images_seen')) or '?'} images, {_duration(init.get('wall_time_s')) or '?'})"
+               if init else None)
     train_rows = [
-        ("steps", _int(tr.get("steps"))),
-        ("images seen", _int(tr.get("images_seen"))),
+        ("started from", started),
+        ("steps", _int(tr.get("steps")) + (f" (this run; {_int(tr.get('steps') + before('steps'))} in all)"
+                                           if init and isinstance(tr.get("steps"), int) else "")
+         if _int(tr.get("steps")) else None),
+        ("images seen" + (" in all" if init else ""), _int(tr.get("images_seen") + before("images_seen"))
+         if isinstance(tr.get("images_seen"), (int, float)) else None),
         ("global batch", _int(tr.get("global_batch_size"))),
-        ("wall time", _duration(tr.get("wall_time_s"))),
+        ("wall time" + (" in all" if init else ""), _duration(tr.get("wall_time_s") + before("wall_time_s"))
+         if isinstance(tr.get("wall_time_s"), (int, float)) else None),
         ("hardware", tr.get("hardware")),
         ("precision", tr.get("precision")),
         ("final loss", tr.get("final_loss")),

@@ -152,3 +152,18 @@ def test_card_reproduce_commands_can_be_given(checkpoint):
     text = model_card(checkpoint, extra={"reproduce": steps})
     assert f"Reproduce it:\n\n```bash\n{steps}\n```" in text
     assert "| reproduce |" not in text  # not a row of the training table
+
+
+def test_card_of_a_run_started_from_other_weights(checkpoint):
+    """A run started with --init-from: the card names the source and gives totals over both runs."""
+    config = load_config(checkpoint)
+    steps, images, wall = config.training["steps"], config.training["images_seen"], config.training["wall_time_s"]
+    init = {"source": "checkpoints/base-model", "steps": 22000, "images_seen": 2816000, "wall_time_s": 21600.0}
+    save_checkpoint_config = dataclasses.replace(config, training={**config.training, "init_from": init})
+    (checkpoint / "config.json").write_text(json.dumps(save_checkpoint_config.to_dict()))
+    text = model_card(checkpoint)
+    assert "trained further on" in text and "from scratch" not in text
+    assert "| started from | the weights of `checkpoints/base-model` (22,000 steps, 2,816,000 images, 6.0 h) |" in text
+    assert f"| steps | {steps:,} (this run; {steps + 22000:,} in all) |" in text
+    assert f"| images seen in all | {images + 2816000:,} |" in text
+    assert f"| wall time in all | {(wall + 21600) / 3600:.1f} h |" in text
