@@ -32,7 +32,7 @@ from ddpm.frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.plots import schedule_plot
-from ddpm.samplers import timesteps_for
+from ddpm.samplers import MAX_SPACING
 from ddpm.studio import (
     CFG_MAX,
     GUIDANCE_SCALES,
@@ -144,7 +144,10 @@ def _defaults(pipe: Pipeline) -> dict:
     s, fallback = pipe.config.recommended_sampling(), DEFAULT_SAMPLING
     steps = s["steps"] if isinstance(s["steps"], int) and not isinstance(s["steps"], bool) else fallback["steps"]
     cfg = s["cfg"] if isinstance(s["cfg"], (int, float)) and not isinstance(s["cfg"], bool) else fallback["cfg"]
+    number = isinstance(s["spacing"], (int, float)) and not isinstance(s["spacing"], bool) and math.isfinite(s["spacing"])
+    spacing = s["spacing"] if number else fallback["spacing"]
     return {
+        "spacing": float(min(max(spacing, 1.0), MAX_SPACING)),
         "interval": pipe.guidance_interval,
         "steps": int(min(max(steps, 1), pipe.T)),
         "cfg": float(min(max(cfg, 0.0), CFG_MAX)),
@@ -169,12 +172,12 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
     labels0 = label_choices(pipe0)
 
     # ---- handlers (closures over the shared, read-only registry; per-user data lives in gr.State) ----
-    def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False):
+    def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False, spacing=1.0):
         """Stream x_t and x0_pred while sampling, then the final grid, GIF, MP4 and the recorded frames."""
         pipe = _checked(registry.get, model)
         run = _checked(parse_run, pipe, label=label, cfg=cfg, steps=steps, seed=seed, n_images=n_images,
-                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance)
-        rec = Recorder(pipe.schedule, timesteps_for(pipe.T, run.steps))
+                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance, spacing=spacing)
+        rec = Recorder(pipe.schedule, run.timesteps(pipe.T))
         throttle, plan, pending = Throttle(STREAM_RATE), None, False
         t0 = time.perf_counter()
         yield {status: f"Sampling… seed {run.seed}", scrubber: gr.update(interactive=False)}
@@ -220,11 +223,11 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         f: Frame = recorded[int(round(index))]
         return _enlarged(f.x_t), _enlarged(f.x0_pred), f"Recorded {f.caption}"
 
-    def explore(model, label, steps, seed, sampler, eta, precision, limit_guidance=False):
+    def explore(model, label, steps, seed, sampler, eta, precision, limit_guidance=False, spacing=1.0):
         """The same seed and label at several CFG scales, side by side."""
         pipe = _checked(registry.get, model)
         run = _checked(parse_run, pipe, label=label, cfg=0.0, steps=steps, seed=seed, n_images=1,
-                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance)
+                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance, spacing=spacing)
         if run.label is None:
             raise gr.Error("the guidance explorer needs a class-conditional model")
         prec, why = _checked(choose_precision, precision, 2 * len(GUIDANCE_SCALES))
@@ -256,6 +259,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                                    label=_interval_label(d["interval"])),
             steps_sl: gr.update(maximum=pipe.T, value=d["steps"]),
             sampler_rd: d["sampler"],
+            spacing_sl: d["spacing"],
             explorer: gr.update(visible=cond),
             t_sl: gr.update(maximum=pipe.T - 1, value=min(pipe.T // 4, pipe.T - 1)),
         }
@@ -330,6 +334,11 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                             sampler_rd = gr.Radio(SAMPLER_CHOICES, value=d0["sampler"], label="Sampler")
                             eta_sl = gr.Slider(0, 1, value=0, step=0.1, label="DDIM eta (0 = deterministic)",
                                                visible=d0["sampler"] == "ddim")
+                            spacing_sl = gr.Slider(1, MAX_SPACING, value=d0["spacing"], step=0.25,
+                                                   label="Time-step spacing", elem_id="spacing",
+                                                   info="where the steps fall: t = (T-1)(1 - i/(S-1))^p; 1 = evenly "
+                                                        "in t, 2 = quadratic (more steps at low noise, where the "
+                                                        "details form)")
                             precision_rd = gr.Radio(list(PRECISION_CHOICES), value="auto", label="Precision",
                                                     info="auto = bf16 when the network batch is 16 or more")
                         with gr.Row():
@@ -386,7 +395,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
 
         # ---- wiring ------------------------------------------------------------------------------
         run_inputs = [model_dd, label_dd, cfg_sl, steps_sl, seed_nb, count_rd, sampler_rd, eta_sl, precision_rd,
-                      interval_cb]
+                      interval_cb, spacing_sl]
         gen_event = gen_btn.click(
             generate, run_inputs,
             [live_xt, live_x0, status, final_img, video, files, frames, scrubber, run_info],
@@ -394,7 +403,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             show_progress="full", show_progress_on=[live_xt, live_x0],
         )
         explore_event = explore_btn.click(
-            explore, [model_dd, label_dd, steps_sl, seed_nb, sampler_rd, eta_sl, precision_rd, interval_cb], gallery,
+            explore, [model_dd, label_dd, steps_sl, seed_nb, sampler_rd, eta_sl, precision_rd, interval_cb, spacing_sl],
+            gallery,
             api_name="guidance_explorer", preprocess=False, concurrency_id="model", concurrency_limit=1,
         )
         stop_btn.click(lambda: "Stopped.", None, status, cancels=[gen_event, explore_event], queue=False,
@@ -408,7 +418,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         forward_outputs = [xt_img, forward_text, strip, plot_img]
         model_dd.input(
             select_model, model_dd,
-            [model_dd, model_note, model_info, label_dd, cfg_sl, interval_cb, steps_sl, sampler_rd, explorer, t_sl],
+            [model_dd, model_note, model_info, label_dd, cfg_sl, interval_cb, steps_sl, sampler_rd, spacing_sl, explorer,
+             t_sl],
             api_visibility="private", concurrency_id="model",
         ).then(example_choices, model_dd, example_dd, api_visibility="private")
         example_dd.change(pick_example, [model_dd, example_dd], [x0_state, x0_img], api_visibility="private").then(

@@ -41,7 +41,7 @@ from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
 from ddpm.studio import bf16_available, parse_run  # noqa: E402
 
-FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance")  # the handler's order
+FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing")  # the handler's order
 
 
 def stand_in_checkpoint() -> str:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     label = app.label_choices(pipe)[min(7, len(app.label_choices(pipe)) - 1)] if pipe.conditional else None
     defaults = app._defaults(pipe)  # what a click on Generate uses: the checkpoint's recommended CFG and interval
     request = dict(cfg=defaults["cfg"], steps=50, seed=0, n_images=16, sampler="ddim", eta=0.0, precision="auto",
-                   limit_guidance=defaults["interval"] is not None)
+                   limit_guidance=defaults["interval"] is not None, spacing=defaults["spacing"])
     run = parse_run(pipe, label=label, **request)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

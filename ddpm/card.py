@@ -62,7 +62,9 @@ def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
         settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
     else:
         settings = {k: v for k, v in config.recommended_sampling().items()
-                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval") and v is not None}
+                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing") and v is not None}
+        if settings.get("spacing") == 1.0:
+            settings.pop("spacing")  # the default: keep the usage line short
         if "guidance_interval" in settings:
             settings["guidance_interval"] = tuple(settings["guidance_interval"])
     if config.model.num_classes is None:
@@ -79,6 +81,8 @@ def grid_caption(config: CheckpointConfig) -> str:
     text = f"{rows}; {g['sampler'].upper()}, {g['steps']} steps"
     if g.get("eta"):
         text += f", eta {g['eta']:g}"
+    if g.get("spacing", 1.0) != 1.0:
+        text += f", time steps spaced with power {float(g['spacing']):g}"
     if "cfg" in g:
         text += f", guidance w = {float(g['cfg']):g}"
         if g.get("guidance_interval"):
@@ -161,6 +165,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         first = (config.class_names or ("0",))[0]
         gi = sampling.get("guidance_interval")
         interval = f", guidance_interval=({gi[0]:g}, {gi[1]:g})" if gi else ""
+        interval += f", spacing={float(sampling['spacing']):g}" if sampling.get("spacing", 1.0) != 1.0 else ""
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
                    f'steps={sampling["steps"]}, cfg={sampling["cfg"]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
     else:
@@ -181,7 +186,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         ("noise schedule", f"{s.name}, T = {s.timesteps}"),
         ("recommended sampling", f"{sampling['sampler']}, {sampling['steps']} steps"
                                  f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"
-                                 f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"),
+                                 f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"
+                                 f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"),
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 

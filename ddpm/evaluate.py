@@ -145,6 +145,7 @@ class Setting:
     eta: float = 0.0
     guidance_interval: tuple[float, float] | None = None
     precision: str = "fp32"
+    spacing: float = 1.0  # time-step spacing power (1 = even steps in t)
 
 
 @dataclass
@@ -199,7 +200,8 @@ def generate(pipe: Pipeline, labels: torch.Tensor, setting: Setting, *, seed: in
     for start in range(0, len(labels), batch_size):
         part = labels[start : start + batch_size].tolist()
         x = pipe.sample(part, seed=seed + start, sampler=setting.sampler, steps=setting.steps, cfg=setting.cfg,
-                        eta=setting.eta, guidance_interval=setting.guidance_interval, precision=setting.precision)
+                        eta=setting.eta, guidance_interval=setting.guidance_interval, precision=setting.precision,
+                        spacing=setting.spacing)
         out.append(to_uint8_images(x))
         if progress:
             progress(start + len(part), len(labels))
@@ -253,17 +255,21 @@ def check_compatible(pipe: Pipeline, classifier: Classifier, classifier_info: di
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a markdown table, followed by the reference values. Reports written before the copy
-    check existed have no "copies" figures; their table leaves that column out."""
+    check existed have no "copies" figures; their table leaves that column out. A "spacing" column appears when
+    some row spaces its time steps other than evenly (rows without the key are even: spacing 1)."""
     ref = report["reference"]
     copies = all("copies" in r for r in report["results"]) and "copies_test" in ref
+    spaced = any(r.get("spacing", 1.0) != 1.0 for r in report["results"])
     lines = [
-        "| sampler | steps | CFG | guidance interval | precision | accuracy | FD | FD / floor | NN to train | NN / test NN |"
-        + (" copies |" if copies else "") + " time (s) |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if copies else "") + "---:|",
+        "| sampler | steps |" + (" spacing |" if spaced else "") + " CFG | guidance interval | precision | accuracy | "
+        "FD | FD / floor | NN to train | NN / test NN |" + (" copies |" if copies else "") + " time (s) |",
+        "|---|---:|" + ("---:|" if spaced else "") + "---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if copies else "")
+        + "---:|",
     ]
     for r in report["results"]:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
+        spacing = f"{r.get('spacing', 1.0):g} | " if spaced else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {spacing}{r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
                      f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
                      + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")
     copy_note = (f"; copies (nearest training image at most 1/3 as far as the second nearest) among those test "
@@ -294,7 +300,7 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     pipe = load(checkpoint, device=device)
     for s in settings:  # fail before the slow part
         pipe.stream([0], seed=0, sampler=s.sampler, steps=s.steps, cfg=s.cfg, eta=s.eta,
-                    guidance_interval=s.guidance_interval, precision=s.precision)
+                    guidance_interval=s.guidance_interval, precision=s.precision, spacing=s.spacing)
     classifier, info = load_classifier(classifier_dir, device=device)
     check_compatible(pipe, classifier, info)
     m = pipe.config.model
@@ -308,7 +314,7 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     for s in settings:
         row = evaluate_setting(pipe, classifier, ref, s, n_per_class=n_per_class, seed=seed, batch_size=batch_size)
         if log:
-            log(f"{s.sampler} {s.steps} steps, cfg {s.cfg:g}: accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
+            log(f"{s.sampler} {s.steps} steps (spacing {s.spacing:g}), cfg {s.cfg:g}, interval {s.guidance_interval}: accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
                 f"({row['fd_over_floor']:.2f}x floor), NN ratio {row['nn_over_test']:.2f}, copies {row['copies']:.1%}, "
                 f"{row['seconds']:.0f} s")
         results.append(row)
@@ -344,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="one or more step counts (default: 50)")
     parser.add_argument("--cfg", type=float, nargs="+", default=None, help="one or more guidance scales w (default: the checkpoint's, else 3)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--spacing", type=float, default=None,
+                        help="time-step spacing power, 1 = even steps in t (default: the checkpoint's, else 1)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg, the "
                              "checkpoint's recommended interval, if any; with --cfg, every step")
@@ -371,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         # no --cfg: the checkpoint's recommendation, w and interval together (what the app runs by default)
         interval = args.guidance_interval or (rec["guidance_interval"] if args.cfg is None else None)
         interval = tuple(interval) if interval else None
+        spacing = float(args.spacing if args.spacing is not None else rec["spacing"])
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=args.eta, guidance_interval=interval,
-                            precision=args.precision) for st in steps for w in cfgs]
+                            precision=args.precision, spacing=spacing) for st in steps for w in cfgs]
         report = run(args.checkpoint, args.classifier or default_classifier(config.dataset), settings,
                      n_per_class=args.n_per_class, seed=args.seed, batch_size=args.batch_size, device=args.device,
                      log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -1,7 +1,7 @@
 """Turn a training run's folder into a checkpoint folder fit to ship in checkpoints/ or push to the Hub.
 
     python -m ddpm.export runs/fashion-mnist checkpoints/fashion-mnist --dtype fp16 \
-        --sampler ddim --steps 50 --cfg 2 [--guidance-interval 0.2 0.8] [--evaluation eval.json]
+        --sampler ddim --steps 50 --cfg 2 [--guidance-interval 0.2 0.8] [--spacing 1.5] [--evaluation eval.json]
 
 A run folder holds what training needs (training_state.pt, log.jsonl, samples/, ...). The exported folder
 holds only what sampling and the model card need:
@@ -28,7 +28,7 @@ from typing import Any
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
 from .samplers import SamplerOptions
 from .training import TRAIN_CONFIG_NAME
-SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval")
+SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing")
 
 
 def check_sampling(sampling: dict[str, Any], T: int) -> dict[str, Any]:
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eta", type=float, default=None, help="recommended DDIM eta")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="recommended guidance interval: CFG only for t/T in [LO, HI]")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="recommended time-step spacing power (1 = even steps in t, 2 = quadratic)")
     p.add_argument("--evaluation", default=None, help="a `python -m ddpm.evaluate --json` report to include")
     args = p.parse_args(argv)
     sampling = {k: getattr(args, k) for k in SAMPLING_KEYS if getattr(args, k) is not None}

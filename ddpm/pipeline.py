@@ -103,11 +103,15 @@ class Pipeline:
         clip_x0: bool = True,
         guidance_interval: tuple[float, float] | None = None,
         precision: str = "fp32",
+        spacing: float = 1.0,
     ) -> Iterator[Step]:
-        """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names."""
+        """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names.
+
+        spacing: where the `steps` time steps sit, t_i = (T-1) (1 - i/(steps-1))^spacing (1 = evenly in t).
+        """
         y, count = self._labels(labels, n)
         options = SamplerOptions(sampler=sampler, steps=steps, cfg=cfg, eta=eta, variance=variance, clip_x0=clip_x0,
-                                 guidance_interval=guidance_interval, precision=precision)
+                                 guidance_interval=guidance_interval, precision=precision, spacing=spacing)
         options.validate(self.T)  # fail now, not at the first next()
         check_seed(seed, count)
         return sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=options,

@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help=f"denoising steps, 1..T ({rec} {DEFAULTS['steps']})")
     p.add_argument("--eta", type=float, default=None,
                    help=f"DDIM noise: 0 deterministic .. 1 DDPM-like ({rec} {DEFAULTS['eta']})")
+    p.add_argument("--spacing", type=float, default=None,
+                   help=f"time-step spacing power: 1 = even steps in t, 2 = quadratic, more steps at low noise "
+                        f"({rec} {DEFAULTS['spacing']:g})")
     p.add_argument("--variance", choices=("posterior", "beta"), default=None,
                    help=f"DDPM sigma_t^2; 'beta' only with all T steps ({rec} {DEFAULTS['variance']})")
     gi = p.add_mutually_exclusive_group()
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
     interval = None if args.full_guidance else pick("guidance_interval")
     settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
-                    variance=pick("variance"), clip_x0=not args.no_clip, precision=args.precision, seed=args.seed,
+                    variance=pick("variance"), spacing=float(pick("spacing")), clip_x0=not args.no_clip,
+                    precision=args.precision, seed=args.seed,
                     guidance_interval=tuple(interval) if interval is not None and pipe.conditional else None)
     labels, n, nrow = _labels(pipe, args.label, args.n)
 
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     keep = set()
     if args.gif:  # the same log-SNR-spaced frames as the app's animation
-        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, timesteps_for(pipe.T, settings["steps"])), args.frames))
+        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, timesteps_for(pipe.T, settings["steps"],
+                                                                            settings["spacing"])), args.frames))
     frames, last = [], None
     for step in stream:
         if step.index in keep:

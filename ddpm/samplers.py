@@ -37,6 +37,7 @@ SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
 VARIANCES: tuple[str, ...] = ("posterior", "beta")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 MAX_SEED = 2**63 - 1
+MAX_SPACING = 4.0  # the largest time-step spacing power
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class SamplerOptions:
     clip_x0: bool = True  # clip x0_pred to [-1, 1] at each step
     guidance_interval: tuple[float, float] | None = None  # apply CFG only for t/T in [lo, hi]; else w = 1
     precision: str = "fp32"  # network precision: "fp32" or "bf16" (autocast)
+    spacing: float = 1.0  # kept time steps at t = (T-1) (1 - i/(S-1))^spacing: 1 = even, 2 = quadratic
 
     def validate(self, T: int) -> None:
         if self.sampler not in SAMPLERS:
@@ -89,6 +91,7 @@ class SamplerOptions:
                 f"variance='beta' is only allowed with all {T} steps; respaced DDPM ({self.steps} steps) "
                 "needs variance='posterior' (sigma^2 = beta is several times worse at few steps)"
             )
+        check_spacing(self.spacing)
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.guidance_interval is not None:
@@ -97,14 +100,34 @@ class SamplerOptions:
                 raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.guidance_interval}")
 
 
-def timesteps_for(T: int, steps: int) -> list[int]:
-    """The kept time steps, descending, evenly spaced, always starting at T-1 and ending at 0."""
+def check_spacing(spacing: float) -> None:
+    """Raise ValueError unless spacing is a number in [1, MAX_SPACING]."""
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float, np.floating)) \
+            or not 1.0 <= float(spacing) <= MAX_SPACING:
+        raise ValueError(f"spacing must be a number in 1..{MAX_SPACING:g} (1 = even steps, 2 = quadratic), got {spacing!r}")
+
+
+def timesteps_for(T: int, steps: int, spacing: float = 1.0) -> list[int]:
+    """The kept time steps, descending, always starting at T-1 and ending at 0.
+
+    Step i of S sits at t_i = (T-1) (1 - i/(S-1))^spacing, rounded: spacing 1 spaces them evenly in t, larger
+    powers crowd them towards t = 0, where the image's details are decided (2 is close to the "quadratic"
+    spacing of Song et al. 2021, sec. D.2). Where rounding would repeat a time step near t = 0 the steps are pushed apart
+    by one, so all S are distinct; the spacing is then locally even.
+    """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T}, got {steps}")
+    check_spacing(spacing)
     if steps == 1:
         return [T - 1]
-    ts = np.round(np.linspace(T - 1, 0, steps)).astype(int)
-    return [int(t) for t in ts]  # distinct because steps <= T
+    if float(spacing) == 1.0:
+        ts = np.round(np.linspace(T - 1, 0, steps)).astype(int)  # distinct because steps <= T
+    else:
+        ts = np.round((T - 1) * np.linspace(1.0, 0.0, steps) ** float(spacing)).astype(int)
+    for i in range(1, steps):  # strictly descending ...
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    ts = np.maximum(ts, np.arange(steps - 1, -1, -1))  # ... and never below the steps still to come (ends at 0)
+    return [int(t) for t in ts]
 
 
 def check_seed(seed: int, n: int) -> None:
@@ -185,15 +208,16 @@ def ddpm_steps(
     steps: int,
     variance: str = "posterior",
     clip_x0: bool = True,
+    spacing: float = 1.0,
 ) -> Iterator[Step]:
-    """DDPM ancestral sampling (Ho et al. Algorithm 2) on `steps` evenly kept time steps.
+    """DDPM ancestral sampling (Ho et al. Algorithm 2) on `steps` kept time steps (timesteps_for).
 
     With steps = T this is the original chain; with fewer, the chain is respaced: beta_t is recomputed
     from alpha_bar over the kept steps so that alpha_bar itself is unchanged (improved DDPM, sec. 4).
     sigma_t^2 is the posterior variance (default) or beta_t (the paper's two choices). No noise is
     added at the last step.
     """
-    ts = timesteps_for(schedule.T, steps)
+    ts = timesteps_for(schedule.T, steps, spacing)
     alpha_bar = schedule.alpha_bar.double()
     x = x_T
     shape = tuple(x_T.shape[1:])
@@ -224,9 +248,10 @@ def ddim_steps(
     steps: int,
     eta: float = 0.0,
     clip_x0: bool = True,
+    spacing: float = 1.0,
 ) -> Iterator[Step]:
-    """DDIM (Song et al. 2021, eq. 12) on `steps` evenly kept time steps; eta=0 is deterministic."""
-    ts = timesteps_for(schedule.T, steps)
+    """DDIM (Song et al. 2021, eq. 12) on `steps` kept time steps (timesteps_for); eta=0 is deterministic."""
+    ts = timesteps_for(schedule.T, steps, spacing)
     alpha_bar = schedule.alpha_bar.double()
     x = x_T
     shape = tuple(x_T.shape[1:])
@@ -268,9 +293,11 @@ def sample_steps(
         guidance_interval=options.guidance_interval, precision=options.precision,
     )
     if options.sampler == "ddpm":
-        inner = ddpm_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), variance=options.variance, clip_x0=options.clip_x0)
+        inner = ddpm_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), variance=options.variance,
+                           clip_x0=options.clip_x0, spacing=float(options.spacing))
     else:
-        inner = ddim_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), eta=float(options.eta), clip_x0=options.clip_x0)
+        inner = ddim_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), eta=float(options.eta),
+                           clip_x0=options.clip_x0, spacing=float(options.spacing))
     for step in inner:
         x_t = step.x_t.clamp(-1.0, 1.0) if step.is_last else step.x_t  # the final image is clamped
         yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu())

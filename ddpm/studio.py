@@ -22,7 +22,7 @@ import torch
 from .checkpoint import CONFIG_NAME, FORMAT
 from .frames import frames_by_log_snr
 from .pipeline import Pipeline, load
-from .samplers import SAMPLERS, ddim_steps, ddpm_steps, guided_at, randn_per_image, run_to_end
+from .samplers import MAX_SPACING, SAMPLERS, ddim_steps, ddpm_steps, guided_at, randn_per_image, run_to_end, timesteps_for
 from .schedule import NoiseSchedule
 
 IMAGE_COUNTS = (1, 4, 9, 16)
@@ -115,11 +115,16 @@ class RunSettings:
     precision: str  # resolved: "fp32" or "bf16"
     precision_reason: str
     guidance_interval: tuple[float, float] | None = None  # CFG only for t/T in [lo, hi] (w = 1 elsewhere)
+    spacing: float = 1.0  # time-step spacing power (1 = even steps in t)
 
     def stream_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.stream."""
         return dict(seed=self.seed, sampler=self.sampler, steps=self.steps, cfg=self.cfg, eta=self.eta,
-                    precision=self.precision, guidance_interval=self.guidance_interval)
+                    precision=self.precision, guidance_interval=self.guidance_interval, spacing=self.spacing)
+
+    def timesteps(self, T: int) -> list[int]:
+        """The time steps this run evaluates the network at, descending."""
+        return timesteps_for(T, self.steps, self.spacing)
 
     def labels(self) -> list[int] | None:
         return None if self.label is None else [self.label] * self.n_images
@@ -127,7 +132,7 @@ class RunSettings:
     def describe(self) -> str:
         sampler = f"DDIM (eta {self.eta:g})" if self.sampler == "ddim" else "DDPM ancestral"
         parts = [f"seed {self.seed}", f"{self.n_images} image{'s' if self.n_images > 1 else ''}",
-                 f"{sampler}, {self.steps} steps"]
+                 f"{sampler}, {self.steps} steps" + (f" (spacing {self.spacing:g})" if self.spacing != 1.0 else "")]
         if self.label is not None:
             parts.insert(1, f"label {self.label}")
             parts.append(f"CFG {self.cfg:g}" + (" for t/T in {:g}..{:g}".format(*self.guidance_interval)
@@ -138,7 +143,7 @@ class RunSettings:
 
 def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed: object, n_images: object,
               sampler: object, eta: object = 0.0, precision: object = "auto",
-              limit_guidance: object = False) -> RunSettings:
+              limit_guidance: object = False, spacing: object = 1.0) -> RunSettings:
     """Check raw request values (as a browser or an API client sends them) against the model.
 
     limit_guidance: apply CFG only in the checkpoint's recommended interval of noise levels (Pipeline.guidance_interval);
@@ -158,6 +163,9 @@ def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed
     eta_f = _number("eta", eta, "a number in 0..1")
     if not 0.0 <= eta_f <= 1.0:
         raise ValueError(f"eta must be a number in 0..1, got {eta!r}")
+    spacing_f = _number("spacing", spacing, f"a number in 1..{MAX_SPACING:g}")
+    if not 1.0 <= spacing_f <= MAX_SPACING:
+        raise ValueError(f"spacing must be a number in 1..{MAX_SPACING:g} (1 = even steps in t), got {spacing!r}")
     label_i = parse_label(pipe, label) if pipe.conditional else None
     if not isinstance(precision, str):
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -165,7 +173,7 @@ def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed
         raise ValueError(f"limit_guidance must be true or false, got {limit_guidance!r}")
     prec, why = choose_precision(precision, network_batch(int(n), cfg_f, pipe.conditional))
     interval = pipe.guidance_interval if limit_guidance else None
-    return RunSettings(label_i, cfg_f, steps_i, seed_i, int(n), sampler.lower(), eta_f, prec, why, interval)
+    return RunSettings(label_i, cfg_f, steps_i, seed_i, int(n), sampler.lower(), eta_f, prec, why, interval, spacing_f)
 
 
 # -- guidance explorer -----------------------------------------------------------------------------
@@ -197,9 +205,9 @@ def guidance_sweep(pipe: Pipeline, run: RunSettings, scales: Sequence[float] = G
         return eps_uncond + w * (eps_cond - eps_uncond)  # per-row guidance scale
 
     if run.sampler == "ddpm":
-        steps = ddpm_steps(eps_fn, pipe.schedule, x_T, rngs, steps=run.steps)
+        steps = ddpm_steps(eps_fn, pipe.schedule, x_T, rngs, steps=run.steps, spacing=run.spacing)
     else:
-        steps = ddim_steps(eps_fn, pipe.schedule, x_T, rngs, steps=run.steps, eta=run.eta)
+        steps = ddim_steps(eps_fn, pipe.schedule, x_T, rngs, steps=run.steps, eta=run.eta, spacing=run.spacing)
     return run_to_end(steps).clamp(-1, 1).cpu()
 
 

@@ -42,7 +42,7 @@ def choose(rows: list[dict]) -> dict:
 def setting_of(row: dict, **changes) -> Setting:
     gi = tuple(row["guidance_interval"]) if row["guidance_interval"] else None
     base = dict(sampler=row["sampler"], steps=row["steps"], cfg=row["cfg"], eta=row["eta"], guidance_interval=gi,
-                precision=row["precision"])
+                precision=row["precision"], spacing=row.get("spacing", 1.0))
     return Setting(**{**base, **changes})
 
 
@@ -60,15 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, nargs=3, action="append", metavar=("W", "LO", "HI"),
                    help="phase 1's interval rows: guidance w for t/T in [LO, HI] (repeatable; default: "
                         + ", ".join(f"{w:g} in {lo:g}..{hi:g}" for (lo, hi), w in INTERVALS) + ")")
+    p.add_argument("--spacing", type=float, nargs="+", default=[1.0], metavar="P",
+                   help="time-step spacing powers (1 = even steps in t): the CFG sweep uses the first, the interval "
+                        "rows run at each")
     args = p.parse_args(argv)
     tune_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    sweep = [Setting(cfg=w, precision="bf16") for w in SWEEP]
+    sweep = [Setting(cfg=w, precision="bf16", spacing=args.spacing[0]) for w in SWEEP]
     intervals = [((lo, hi), w) for w, lo, hi in args.interval] if args.interval else INTERVALS
-    sweep += [Setting(cfg=w, guidance_interval=gi, precision="bf16") for gi, w in intervals]
+    sweep += [Setting(cfg=w, guidance_interval=gi, precision="bf16", spacing=p) for p in args.spacing
+              for gi, w in intervals]
     if args.reuse_phase1:
         report = json.loads((out / "phase1.json").read_text())
     else:

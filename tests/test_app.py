@@ -35,8 +35,8 @@ from ddpm.studio import SEED_MAX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = dict(label="1 · Vertical", cfg=3.0, steps=12, seed=3, n_images=4, sampler="ddim", eta=0.0, precision="fp32",
-            limit_guidance=False)
-ORDER = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance")
+            limit_guidance=False, spacing=1.0)
+ORDER = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing")
 BAD_INPUTS = [  # (field, value, the message must contain these)
     ("label", "Dog", ["'Dog'", "Horizontal, Vertical, Square", "0..2"]),
     ("label", 7, ["label 7", "0..2"]),
@@ -54,6 +54,8 @@ BAD_INPUTS = [  # (field, value, the message must contain these)
     ("sampler", "euler", ["'euler'", "ddpm, ddim"]),
     ("precision", "fp8", ["'fp8'", "auto, fp32, bf16"]),
     ("limit_guidance", "yes", ["limit_guidance", "true or false", "got 'yes'"]),
+    ("spacing", 0.5, ["spacing", "1..4", "got 0.5"]),
+    ("spacing", "wide", ["spacing", "1..4", "got 'wide'"]),
 ]
 
 
@@ -195,11 +197,14 @@ def test_a_model_recommending_a_guidance_interval_gets_the_checkbox_and_uses_it(
 
 
 @pytest.mark.parametrize("sampling, expected", [
-    ({"sampler": "ddpm", "steps": 40, "cfg": 2.5}, {"sampler": "ddpm", "steps": 40, "cfg": 2.5}),
-    ({}, {"sampler": DEFAULT_SAMPLING["sampler"], "steps": DEFAULT_SAMPLING["steps"], "cfg": DEFAULT_SAMPLING["cfg"]}),
+    ({"sampler": "ddpm", "steps": 40, "cfg": 2.5, "spacing": 1.5},
+     {"sampler": "ddpm", "steps": 40, "cfg": 2.5, "spacing": 1.5}),
+    ({}, {"sampler": DEFAULT_SAMPLING["sampler"], "steps": DEFAULT_SAMPLING["steps"], "cfg": DEFAULT_SAMPLING["cfg"],
+          "spacing": 1.0}),
     # junk in a hand-edited config.json: the shared fallbacks, or clamped into the controls' ranges
-    ({"sampler": "euler", "steps": "many", "cfg": True}, {"sampler": "ddim", "steps": 50, "cfg": 3.0}),
-    ({"steps": 5000, "cfg": 99}, {"sampler": "ddim", "steps": 1000, "cfg": app.CFG_MAX}),
+    ({"sampler": "euler", "steps": "many", "cfg": True, "spacing": "wide"},
+     {"sampler": "ddim", "steps": 50, "cfg": 3.0, "spacing": 1.0}),
+    ({"steps": 5000, "cfg": 99, "spacing": 9}, {"sampler": "ddim", "steps": 1000, "cfg": app.CFG_MAX, "spacing": 4.0}),
 ])
 def test_the_controls_start_at_the_checkpoints_recommendation(tiny_checkpoint, tmp_path, sampling, expected):
     folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "rec"))
@@ -208,9 +213,22 @@ def test_the_controls_start_at_the_checkpoints_recommendation(tiny_checkpoint, t
     (folder / "config.json").write_text(json.dumps(config))
     demo = app.build_demo(str(folder), checkpoints_dir=str(tmp_path / "none"))
     sliders = {b.label: b.value for b in demo.blocks.values() if isinstance(b, (gr.Slider, gr.Radio))}
-    assert {"sampler": sliders["Sampler"], "steps": sliders["Steps"], "cfg": sliders["CFG scale (guidance)"]} == expected
+    assert {"sampler": sliders["Sampler"], "steps": sliders["Steps"], "cfg": sliders["CFG scale (guidance)"],
+            "spacing": sliders["Time-step spacing"]} == expected
     out = keyed(handler(demo, "select_model")(str(folder)))
     assert out["Steps"]["value"] == expected["steps"] and out["CFG scale (guidance)"]["value"] == expected["cfg"]
+    assert out["spacing"] == expected["spacing"]
+
+
+def test_generate_with_a_time_step_spacing(demo, tiny_checkpoint, monkeypatch):
+    """The run follows the spacing: its statuses name the spaced time steps, and the result differs from even steps."""
+    monkeypatch.setattr(app, "STREAM_RATE", 1e9)
+    outs = run_generate(demo, str(tiny_checkpoint), steps=6, spacing=2.0)
+    ts = [int(o["status"].split("t = ")[1].split(" ")[0]) for o in outs if "live-xt" in o]
+    assert ts == [999, 639, 360, 160, 40, 0]
+    assert "6 steps (spacing 2)" in outs[-1]["run-info"]
+    even = run_generate(demo, str(tiny_checkpoint), steps=6)[-1]
+    assert Path(even["final"]).read_bytes() != Path(outs[-1]["final"]).read_bytes()
 
 
 def test_forward_view(demo, tiny_checkpoint):

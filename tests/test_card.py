@@ -143,6 +143,17 @@ def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
                        "0.2..1, seed 0 (the recommended settings).")
     assert f"*{caption}*" in write_model_card(checkpoint).read_text()
 
+    # a recommended time-step spacing is drawn with, and said
+    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling={
+        "sampler": "ddim", "steps": 7, "cfg": 3.5, "guidance_interval": [0.2, 1.0], "spacing": 2.0}))
+    spaced = ensure_sample_grid(checkpoint, force=True).read_bytes()
+    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=3.5, guidance_interval=(0.2, 1.0),
+                                       spacing=2.0, seed=0)
+    assert save_grid(expected, tmp_path / "spaced.png", nrow=8).read_bytes() == spaced != grid
+    assert "7 steps, time steps spaced with power 2, guidance w = 3.5" in grid_caption(load_config(checkpoint))
+    card = write_model_card(checkpoint).read_text()
+    assert "| recommended sampling | ddim, 7 steps, guidance w = 3.5 for t/T in 0.2..1, time steps spaced with power 2 |" in card
+
 
 def test_card_reproduce_commands_can_be_given(checkpoint):
     """A run resumed with other settings is not one train.py command: the card takes the real sequence."""

@@ -261,6 +261,27 @@ def test_guidance_interval_reaches_the_sampler(tiny_checkpoint):
     assert not torch.equal(plain, late)
 
 
+def test_spacing_reaches_the_sampler_and_the_table(tiny_checkpoint):
+    import ddpm
+
+    pipe = ddpm.load(tiny_checkpoint)
+    labels = torch.arange(3)
+    run = lambda **kw: generate(pipe, labels, Setting(steps=5, cfg=2.0, **kw), seed=0, batch_size=3)  # noqa: E731
+    assert torch.equal(run(), run(spacing=1.0)) and not torch.equal(run(), run(spacing=2.0))
+    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": [0.2, 0.8], "precision": "bf16",
+           "accuracy": 0.968, "fd": 0.41, "fd_over_floor": 1.99, "nn_to_train": 3.8, "nn_over_test": 1.08,
+           "copies": 0.0, "seconds": 170.0}
+    report = {"reference": {"n": 1000, "fd_train_floor": 0.21, "fd_noise_ceiling": 143.3, "accuracy_train_subset": 0.939,
+                            "nn_test_to_train": 3.59, "copies_test": 0.0},
+              "results": [dict(row)], "n_per_class": 100, "seed": 0, "classifier_test_accuracy": 0.924}
+    assert "spacing" not in markdown_table(report).splitlines()[0]  # every row even (older reports have no key)
+    report["results"].append({**row, "spacing": 1.5})
+    lines = markdown_table(report).splitlines()
+    assert lines[0].startswith("| sampler | steps | spacing | CFG |")
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == lines[3].count("|") == 14
+    assert lines[2].startswith("| ddim | 50 | 1 | 2 | 0.2..0.8 |") and lines[3].startswith("| ddim | 50 | 1.5 | 2 |")
+
+
 def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
     out = tmp_path / "eval.json"
     code = main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "3",
@@ -309,12 +330,15 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     folder = tmp_path / "recommends"
     model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
     save_checkpoint(folder, model, dataclasses.replace(config, sampling={"sampler": "ddim", "steps": 3, "cfg": 2.5,
-                                                                         "guidance_interval": [0.3, 0.9]}))
+                                                                         "guidance_interval": [0.3, 0.9],
+                                                                         "spacing": 2.0}))
     common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
               "--batch-size", "20"]
     assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
     row = json.loads((tmp_path / "a.json").read_text())["results"][0]
-    assert (row["steps"], row["cfg"], row["guidance_interval"]) == (3, 2.5, [0.3, 0.9])
+    assert (row["steps"], row["cfg"], row["guidance_interval"], row["spacing"]) == (3, 2.5, [0.3, 0.9], 2.0)
+    assert main(common + ["--spacing", "1", "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["results"][0]["spacing"] == 1.0
     assert main(common + ["--guidance-interval", "0.5", "1", "--json", str(tmp_path / "b.json")]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["results"][0]["guidance_interval"] == [0.5, 1.0]
     # an explicit w is a sweep of full guidance unless an interval is given with it
@@ -328,6 +352,7 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     (["--steps", "0"], "steps must be an integer in 1..50"),
     (["--cfg", "-1"], "cfg"),
     (["--guidance-interval", "0.8", "0.2"], "guidance_interval"),
+    (["--spacing", "5"], "spacing must be a number in 1..4"),
     (["--n-per-class", "1000"], "has only"),
 ])
 def test_cli_bad_inputs(tiny_checkpoint, tiny_classifier, capsys, extra, message):

@@ -102,6 +102,7 @@ def test_training_command_round_trips_through_train_py(run: Path):
     (dict(sampling={"sampler": "euler"}), "unknown sampler 'euler'"),
     (dict(sampling={"colour": "red"}), "unknown sampling setting(s) colour"),
     (dict(sampling={"guidance_interval": (0.9, 0.1)}), "guidance_interval must be (lo, hi)"),
+    (dict(sampling={"spacing": 0.5}), "spacing must be a number in 1..4"),
 ])
 def test_bad_settings_fail_before_anything_is_written(run: Path, tmp_path: Path, kwargs, message):
     with pytest.raises(ValueError) as e:
@@ -125,5 +126,9 @@ def test_cli(run: Path, tmp_path: Path, capsys):
     assert "model.safetensors (fp16" in capsys.readouterr().out
     sampling = json.loads((tmp_path / "ship" / "config.json").read_text())["sampling"]
     assert sampling == {"steps": 30, "cfg": 2.0, "guidance_interval": [0.1, 0.9]}
+    assert main([str(run), str(tmp_path / "spaced"), "--cfg", "2", "--spacing", "1.5"]) == 0
+    assert json.loads((tmp_path / "spaced" / "config.json").read_text())["sampling"] == {"cfg": 2.0, "spacing": 1.5}
+    card = (tmp_path / "spaced" / "README.md").read_text()
+    assert "time steps spaced with power 1.5" in card and "spacing=1.5, seed=0)" in card
     assert main([str(run), str(tmp_path / "other"), "--steps", "5000"]) == 2
     assert "steps must be an integer in 1..1000, got 5000" in capsys.readouterr().err

@@ -46,6 +46,15 @@ def test_stream_yields_steps(pipe):
     assert torch.equal(steps[-1].x_t, pipe.sample(labels=["Square"], steps=5, seed=1))
 
 
+def test_stream_with_a_time_step_spacing(pipe):
+    """spacing p evaluates the network at timesteps_for(T, steps, p): 999 (1 - i/5)^2, ..., 0."""
+    steps = list(pipe.stream(labels=["Square"], steps=6, seed=1, spacing=2.0))
+    assert [s.t for s in steps] == [999, 639, 360, 160, 40, 0]
+    assert not torch.equal(steps[-1].x_t, pipe.sample(labels=["Square"], steps=6, seed=1))
+    with pytest.raises(ValueError, match=r"spacing must be a number in 1\.\.4"):
+        pipe.stream(labels=["Square"], steps=6, spacing=0)
+
+
 def test_the_label_changes_the_image(pipe):
     a = pipe.sample(labels=[0], steps=10, seed=5, cfg=3.0)
     b = pipe.sample(labels=[1], steps=10, seed=5, cfg=3.0)

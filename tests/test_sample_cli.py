@@ -120,6 +120,27 @@ def test_defaults_come_from_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
         assert anim.n_frames == 3  # the recommended 3 steps, every one a frame
 
 
+def test_spacing_from_the_flag_or_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    import ddpm
+    import ddpm.images
+
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = {"sampler": "ddim", "steps": 5, "cfg": 2.0, "spacing": 2.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    common = ["--checkpoint", str(folder), "--label", "1", "--n", "2"]
+    assert main(common + ["--out", str(tmp_path / "rec.npz")]) == 0
+    assert main(common + ["--spacing", "1", "--out", str(tmp_path / "even.npz")]) == 0
+    pipe = ddpm.load(folder)
+    for name, spacing in (("rec", 2.0), ("even", 1.0)):
+        expected = pipe.sample([1, 1], steps=5, cfg=2.0, spacing=spacing, seed=0)
+        got = np.load(tmp_path / f"{name}.npz")["images"].astype(int)
+        assert np.abs(got - ddpm.images.to_uint8(expected).astype(int)).max() <= 1
+    assert main(common + ["--spacing", "0.5", "--out", str(tmp_path / "bad.npz")]) == 2
+    assert "spacing must be a number in 1..4" in capsys.readouterr().err
+
+
 def test_default_is_every_class_8_per_row(tiny_checkpoint, tmp_path):
     out = tmp_path / "all.png"
     assert main(["--checkpoint", str(tiny_checkpoint), "--steps", "2", "--scale", "3", "--out", str(out)]) == 0

@@ -125,11 +125,14 @@ def test_full_ddpm_chain_reproduces_gaussian_data(schedule, variance):
     assert float(x.var()) == pytest.approx(v, abs=5 * se_var)
 
 
-@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", 100, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0),
-                                               ("ddim", 100, 0.0), ("ddim", 100, 1.0)])
-def test_few_step_samplers_match_the_exact_discrete_prediction(schedule, sampler, steps, eta):
-    x = run_oracle(GaussianOracle(schedule, MU, S), schedule, sampler, steps, **({"eta": eta} if sampler == "ddim" else {}))
-    m, v = exact_moments(schedule.alpha_bar.double().numpy(), timesteps_for(T, steps), MU, S, sampler, eta=eta)
+@pytest.mark.parametrize("sampler,steps,eta,spacing", [("ddpm", 100, 0.0, 1.0), ("ddim", 50, 0.0, 1.0),
+                                                       ("ddim", 50, 1.0, 1.0), ("ddim", 100, 0.0, 1.0),
+                                                       ("ddim", 100, 1.0, 1.0), ("ddim", 50, 0.0, 2.0),
+                                                       ("ddpm", 50, 0.0, 1.5)])
+def test_few_step_samplers_match_the_exact_discrete_prediction(schedule, sampler, steps, eta, spacing):
+    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    x = run_oracle(GaussianOracle(schedule, MU, S), schedule, sampler, steps, spacing=spacing, **kwargs)
+    m, v = exact_moments(schedule.alpha_bar.double().numpy(), timesteps_for(T, steps, spacing), MU, S, sampler, eta=eta)
     se_mean, se_var = math.sqrt(v / N), v * math.sqrt(2 / N)
     assert float(x.mean()) == pytest.approx(m, abs=5 * se_mean)
     assert float(x.var()) == pytest.approx(v, abs=5 * se_var)
@@ -171,6 +174,39 @@ def test_timesteps_for_every_step_count(T_):
         assert all(a > b for a, b in zip(ts, ts[1:])), f"not strictly decreasing for steps={steps}: {ts}"
         assert all(isinstance(t, int) for t in ts)
     assert timesteps_for(T_, T_) == list(range(T_ - 1, -1, -1))
+
+
+@pytest.mark.parametrize("spacing", [1.25, 1.5, 2.0, 3.0, 4.0])
+@pytest.mark.parametrize("T_", [2, 10, 37, 1000])
+def test_timesteps_for_any_spacing(T_, spacing):
+    """t_i = round((T-1) (1 - i/(S-1))^p): distinct, T-1 first, 0 last, and on the power law from the high-noise
+    end on; near t = 0, where rounding repeats steps, pushed apart by one."""
+    for steps in range(1, T_ + 1):
+        ts = timesteps_for(T_, steps, spacing)
+        assert len(ts) == steps and ts[0] == T_ - 1 and (steps == 1 or ts[-1] == 0)
+        assert all(a > b for a, b in zip(ts, ts[1:])), f"not strictly decreasing for steps={steps}: {ts}"
+        if steps > 1:
+            law = [round((T_ - 1) * (1 - i / (steps - 1)) ** spacing) for i in range(steps)]
+            assert all(t >= w for t, w in zip(ts, law))  # never below the law: only pushed up near t = 0
+            # until the law repeats a step or leaves too few below it for the steps still to come
+            on_law = next((i for i in range(1, steps) if law[i] >= law[i - 1] or law[i] < steps - 1 - i), steps)
+            assert ts[:on_law] == law[:on_law]
+    assert timesteps_for(T_, T_, spacing) == list(range(T_ - 1, -1, -1))
+
+
+def test_spacing_puts_more_steps_at_low_noise():
+    even, quad = timesteps_for(1000, 50), timesteps_for(1000, 50, 2.0)
+    assert sum(t < 200 for t in quad) > 2 * sum(t < 200 for t in even)
+    assert quad[:3] == [999, 959, 919] and quad[-4:] == [4, 2, 1, 0]  # 999 (1 - i/49)^2: ..., 4, 2, 0, 0 pushed apart
+    assert even[:3] == [999, 979, 958]
+
+
+@pytest.mark.parametrize("spacing", [0.5, 0.99, 4.5, float("nan"), "2", True, None])
+def test_bad_spacing(spacing):
+    with pytest.raises(ValueError, match=r"spacing must be a number in 1..4"):
+        timesteps_for(T, 10, spacing)
+    with pytest.raises(ValueError, match=r"spacing must be a number in 1..4"):
+        SamplerOptions(spacing=spacing).validate(T)
 
 
 @pytest.mark.parametrize("steps", [0, -1, T + 1])

@@ -12,6 +12,7 @@ from PIL import Image
 
 import ddpm
 from ddpm.images import to_uint8
+from ddpm.samplers import timesteps_for
 from ddpm.studio import (
     AUTO_BF16_MIN_BATCH,
     GUIDANCE_SCALES,
@@ -62,6 +63,10 @@ def test_parse_run_accepts_good_values(pipe):
     # numbers as a browser sends them (floats with integer values) are fine
     run = parse_run(pipe, **{**GOOD, "steps": 10.0, "seed": float(SEED_MAX), "n_images": 16.0, "sampler": "DDPM"})
     assert (run.steps, run.seed, run.n_images, run.sampler) == (10, SEED_MAX, 16, "ddpm")
+    assert run.spacing == 1.0 and "spacing" not in run.describe()
+    run = parse_run(pipe, **{**GOOD, "spacing": 2})
+    assert run.spacing == 2.0 and "10 steps (spacing 2)" in run.describe()
+    assert run.stream_kwargs()["spacing"] == 2.0 and run.timesteps(pipe.T) == timesteps_for(pipe.T, 10, 2.0)
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -84,6 +89,8 @@ def test_parse_run_accepts_good_values(pipe):
     ("sampler", "euler", r"unknown sampler 'euler'; choose one of ddpm, ddim"),
     ("sampler", None, r"unknown sampler None"),
     ("eta", 1.5, r"eta must be a number in 0\.\.1, got 1\.5"),
+    ("spacing", 0.5, r"spacing must be a number in 1\.\.4 \(1 = even steps in t\), got 0\.5"),
+    ("spacing", "quad", r"spacing must be a number in 1\.\.4, got 'quad'"),
     ("precision", "fp16", r"unknown precision 'fp16'; choose one of auto, fp32, bf16"),
     ("label", "Dog", r"unknown class 'Dog'"),
 ])
@@ -114,6 +121,13 @@ def test_guidance_sweep_rows_match_single_image_runs(pipe):
         diff = np.abs(to_uint8(rows[j : j + 1]).astype(int) - to_uint8(single).astype(int))
         assert diff.max() <= 2  # the same computation, up to float summation order in a bigger batch
     assert not torch.equal(rows[0], rows[5])  # guidance changes the image
+
+
+def test_guidance_sweep_follows_the_spacing(pipe):
+    run = parse_run(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 5, "spacing": 2.0})
+    rows = guidance_sweep(pipe, run, (1.0, 3.0))
+    single = pipe.sample(labels=[1], seed=5, steps=6, cfg=3.0, sampler="ddim", spacing=2.0)
+    assert np.abs(to_uint8(rows[1:]).astype(int) - to_uint8(single).astype(int)).max() <= 2
 
 
 def test_guidance_sweep_with_ddpm_sampler_uses_the_seed(pipe):
