@@ -112,8 +112,8 @@ def timesteps_for(T: int, steps: int, spacing: float = 1.0) -> list[int]:
 
     Step i of S sits at t_i = (T-1) (1 - i/(S-1))^spacing, rounded: spacing 1 spaces them evenly in t, larger
     powers crowd them towards t = 0, where the image's details are decided (2 is close to the "quadratic"
-    spacing of Song et al. 2021, sec. D.2). Where rounding would repeat a time step near t = 0 the steps are pushed apart
-    by one, so all S are distinct; the spacing is then locally even.
+    spacing of Song et al. 2021, sec. D.2). Where rounding would repeat a time step near t = 0 the steps are
+    pushed apart by one, so all S are distinct; the spacing is then locally even.
     """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T}, got {steps}")
