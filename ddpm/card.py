@@ -33,7 +33,7 @@ HUB_DATASETS = {  # our dataset name -> (display name, Hub dataset id or None)
 }
 TRAIN_SETTINGS = ("dataset", "preset", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
                   "decay_steps", "weight_decay", "grad_clip", "ema_decay", "label_dropout", "hflip", "schedule",
-                  "timesteps", "precision", "weights_dtype", "seed")
+                  "timesteps", "precision", "weights_dtype", "seed", "init_from")
 
 
 # -- the sample grid -------------------------------------------------------------------------------

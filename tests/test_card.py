@@ -178,3 +178,7 @@ def test_card_of_a_run_started_from_other_weights(checkpoint):
     assert f"| steps | {steps:,} (this run; {steps + 22000:,} in all) |" in text
     assert f"| images seen in all | {images + 2816000:,} |" in text
     assert f"| wall time in all | {(wall + 21600) / 3600:.1f} h |" in text
+    settings = json.loads((checkpoint / "train_config.json").read_text())
+    (checkpoint / "train_config.json").write_text(json.dumps({**settings, "init_from": "checkpoints/base-model"}))
+    command = model_card(checkpoint).split("Reproduce it:")[1].split("```")[1]
+    assert "--init-from checkpoints/base-model" in command and command.startswith("bash\npython train.py")
