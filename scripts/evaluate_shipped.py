@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                      batch_size=args.batch_size, log=log)
         (out / "phase1.json").write_text(json.dumps(report, indent=2) + "\n")
     best = choose(report["results"])
-    log(f"default: cfg {best['cfg']:g}, interval {best['guidance_interval']}")
+    log(f"default: cfg {best['cfg']:g}, interval {best['guidance_interval']}, spacing {best.get('spacing', 1.0):g}")
 
     phase2 = ([setting_of(best, precision="fp32")] if args.fp32 else []) + [setting_of(best, steps=20)]
     second = run(args.checkpoint, args.classifier, phase2,
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference
-    report["default"] = {"cfg": best["cfg"], "guidance_interval": best["guidance_interval"], "rule":
+    report["default"] = {"cfg": best["cfg"], "guidance_interval": best["guidance_interval"],
+                         "spacing": best.get("spacing", 1.0), "rule":
                          f"lowest FD among rows with accuracy >= {TARGET_ACCURACY:.0%}"}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))
