@@ -191,20 +191,26 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 
-    before = lambda key: init.get(key) if isinstance(init.get(key), (int, float)) else 0  # noqa: E731
+    def total(key: str) -> Any:
+        """This run's figure plus, for a run started from other weights, theirs (None when this run has none)."""
+        mine, theirs = tr.get(key), init.get(key)
+        if not isinstance(mine, (int, float)):
+            return None
+        return mine + theirs if isinstance(theirs, (int, float)) else mine
+
+    in_all = " in all" if init else ""
+    steps = _int(tr.get("steps"))
+    if init and steps:
+        steps += f" (this run; {_int(total('steps'))} in all)"
     started = (f"the weights of `{init.get('source')}` ({_int(init.get('steps')) or '?'} steps, "
                f"{_int(init.get('images_seen')) or '?'} images, {_duration(init.get('wall_time_s')) or '?'})"
                if init else None)
     train_rows = [
         ("started from", started),
-        ("steps", _int(tr.get("steps")) + (f" (this run; {_int(tr.get('steps') + before('steps'))} in all)"
-                                           if init and isinstance(tr.get("steps"), int) else "")
-         if _int(tr.get("steps")) else None),
-        ("images seen" + (" in all" if init else ""), _int(tr.get("images_seen") + before("images_seen"))
-         if isinstance(tr.get("images_seen"), (int, float)) else None),
+        ("steps", steps),
+        ("images seen" + in_all, _int(total("images_seen"))),
         ("global batch", _int(tr.get("global_batch_size"))),
-        ("wall time" + (" in all" if init else ""), _duration(tr.get("wall_time_s") + before("wall_time_s"))
-         if isinstance(tr.get("wall_time_s"), (int, float)) else None),
+        ("wall time" + in_all, _duration(total("wall_time_s"))),
         ("hardware", tr.get("hardware")),
         ("precision", tr.get("precision")),
         ("final loss", tr.get("final_loss")),

@@ -314,7 +314,8 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     for s in settings:
         row = evaluate_setting(pipe, classifier, ref, s, n_per_class=n_per_class, seed=seed, batch_size=batch_size)
         if log:
-            log(f"{s.sampler} {s.steps} steps (spacing {s.spacing:g}), cfg {s.cfg:g}, interval {s.guidance_interval}: accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
+            log(f"{s.sampler} {s.steps} steps (spacing {s.spacing:g}), cfg {s.cfg:g}, interval {s.guidance_interval}: "
+                f"accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
                 f"({row['fd_over_floor']:.2f}x floor), NN ratio {row['nn_over_test']:.2f}, copies {row['copies']:.1%}, "
                 f"{row['seconds']:.0f} s")
         results.append(row)
