@@ -146,7 +146,9 @@ def _defaults(pipe: Pipeline) -> dict:
     cfg = s["cfg"] if isinstance(s["cfg"], (int, float)) and not isinstance(s["cfg"], bool) else fallback["cfg"]
     number = isinstance(s["spacing"], (int, float)) and not isinstance(s["spacing"], bool) and math.isfinite(s["spacing"])
     spacing = s["spacing"] if number else fallback["spacing"]
+    eta_ok = isinstance(s["eta"], (int, float)) and not isinstance(s["eta"], bool) and math.isfinite(s["eta"])
     return {
+        "eta": float(min(max(s["eta"] if eta_ok else fallback["eta"], 0.0), 1.0)),
         "spacing": float(min(max(spacing, 1.0), MAX_SPACING)),
         "interval": pipe.guidance_interval,
         "steps": int(min(max(steps, 1), pipe.T)),
@@ -259,6 +261,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                                    label=_interval_label(d["interval"])),
             steps_sl: gr.update(maximum=pipe.T, value=d["steps"]),
             sampler_rd: d["sampler"],
+            eta_sl: gr.update(value=d["eta"], visible=d["sampler"] == "ddim"),
             spacing_sl: d["spacing"],
             explorer: gr.update(visible=cond),
             t_sl: gr.update(maximum=pipe.T - 1, value=min(pipe.T // 4, pipe.T - 1)),
@@ -318,7 +321,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                     with gr.Column(scale=1, min_width=300):
                         label_dd = gr.Dropdown(labels0, value=labels0[0] if labels0 else None, label="Class",
                                                visible=pipe0.conditional, allow_custom_value=True)
-                        cfg_sl = gr.Slider(0, CFG_MAX, value=d0["cfg"], step=0.5, label="CFG scale (guidance)",
+                        cfg_sl = gr.Slider(0, CFG_MAX, value=d0["cfg"], step=0.25, label="CFG scale (guidance)",
                                            visible=pipe0.conditional)
                         interval_cb = gr.Checkbox(d0["interval"] is not None, label=_interval_label(d0["interval"]),
                                                   visible=d0["interval"] is not None, elem_id="interval",
@@ -332,7 +335,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                         count_rd = gr.Radio(list(IMAGE_COUNTS), value=4, label="Number of images")
                         with gr.Accordion("Advanced", open=False):
                             sampler_rd = gr.Radio(SAMPLER_CHOICES, value=d0["sampler"], label="Sampler")
-                            eta_sl = gr.Slider(0, 1, value=0, step=0.1, label="DDIM eta (0 = deterministic)",
+                            eta_sl = gr.Slider(0, 1, value=d0["eta"], step=0.1, label="DDIM eta (0 = deterministic)",
                                                visible=d0["sampler"] == "ddim")
                             spacing_sl = gr.Slider(1, MAX_SPACING, value=d0["spacing"], step=0.25,
                                                    label="Time-step spacing", elem_id="spacing",

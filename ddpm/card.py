@@ -166,6 +166,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         gi = sampling.get("guidance_interval")
         interval = f", guidance_interval=({gi[0]:g}, {gi[1]:g})" if gi else ""
         interval += f", spacing={float(sampling['spacing']):g}" if sampling.get("spacing", 1.0) != 1.0 else ""
+        interval += f", eta={float(sampling['eta']):g}" if sampling["sampler"] == "ddim" and sampling.get("eta") else ""
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
                    f'steps={sampling["steps"]}, cfg={sampling["cfg"]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
     else:
@@ -187,7 +188,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         ("recommended sampling", f"{sampling['sampler']}, {sampling['steps']} steps"
                                  f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"
                                  f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"
-                                 f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"),
+                                 f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"
+                                 f"{', eta {:g}'.format(float(sampling['eta'])) if sampling['sampler'] == 'ddim' and sampling.get('eta') else ''}"),
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 

@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default=None, choices=("ddim", "ddpm"), help="default: the checkpoint's recommendation, else ddim")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="one or more step counts (default: 50)")
     parser.add_argument("--cfg", type=float, nargs="+", default=None, help="one or more guidance scales w (default: the checkpoint's, else 3)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the checkpoint's, else 0)")
     parser.add_argument("--spacing", type=float, default=None,
                         help="time-step spacing power, 1 = even steps in t (default: the checkpoint's, else 1)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         interval = args.guidance_interval or (rec["guidance_interval"] if args.cfg is None else None)
         interval = tuple(interval) if interval else None
         spacing = float(args.spacing if args.spacing is not None else rec["spacing"])
-        settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=args.eta, guidance_interval=interval,
+        eta = float(args.eta if args.eta is not None else rec["eta"]) if sampler == "ddim" else 0.0
+        settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=eta, guidance_interval=interval,
                             precision=args.precision, spacing=spacing) for st in steps for w in cfgs]
         report = run(args.checkpoint, args.classifier or default_classifier(config.dataset), settings,
                      n_per_class=args.n_per_class, seed=args.seed, batch_size=args.batch_size, device=args.device,

@@ -198,13 +198,16 @@ def test_a_model_recommending_a_guidance_interval_gets_the_checkbox_and_uses_it(
 
 @pytest.mark.parametrize("sampling, expected", [
     ({"sampler": "ddpm", "steps": 40, "cfg": 2.5, "spacing": 1.5},
-     {"sampler": "ddpm", "steps": 40, "cfg": 2.5, "spacing": 1.5}),
+     {"sampler": "ddpm", "steps": 40, "cfg": 2.5, "spacing": 1.5, "eta": 0.0}),
+    ({"sampler": "ddim", "steps": 30, "cfg": 1.75, "eta": 0.2},
+     {"sampler": "ddim", "steps": 30, "cfg": 1.75, "spacing": 1.0, "eta": 0.2}),
     ({}, {"sampler": DEFAULT_SAMPLING["sampler"], "steps": DEFAULT_SAMPLING["steps"], "cfg": DEFAULT_SAMPLING["cfg"],
-          "spacing": 1.0}),
+          "spacing": 1.0, "eta": 0.0}),
     # junk in a hand-edited config.json: the shared fallbacks, or clamped into the controls' ranges
-    ({"sampler": "euler", "steps": "many", "cfg": True, "spacing": "wide"},
-     {"sampler": "ddim", "steps": 50, "cfg": 3.0, "spacing": 1.0}),
-    ({"steps": 5000, "cfg": 99, "spacing": 9}, {"sampler": "ddim", "steps": 1000, "cfg": app.CFG_MAX, "spacing": 4.0}),
+    ({"sampler": "euler", "steps": "many", "cfg": True, "spacing": "wide", "eta": "some"},
+     {"sampler": "ddim", "steps": 50, "cfg": 3.0, "spacing": 1.0, "eta": 0.0}),
+    ({"steps": 5000, "cfg": 99, "spacing": 9, "eta": 3}, {"sampler": "ddim", "steps": 1000, "cfg": app.CFG_MAX,
+                                                          "spacing": 4.0, "eta": 1.0}),
 ])
 def test_the_controls_start_at_the_checkpoints_recommendation(tiny_checkpoint, tmp_path, sampling, expected):
     folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "rec"))
@@ -214,10 +217,12 @@ def test_the_controls_start_at_the_checkpoints_recommendation(tiny_checkpoint, t
     demo = app.build_demo(str(folder), checkpoints_dir=str(tmp_path / "none"))
     sliders = {b.label: b.value for b in demo.blocks.values() if isinstance(b, (gr.Slider, gr.Radio))}
     assert {"sampler": sliders["Sampler"], "steps": sliders["Steps"], "cfg": sliders["CFG scale (guidance)"],
-            "spacing": sliders["Time-step spacing"]} == expected
+            "spacing": sliders["Time-step spacing"], "eta": sliders["DDIM eta (0 = deterministic)"]} == expected
     out = keyed(handler(demo, "select_model")(str(folder)))
     assert out["Steps"]["value"] == expected["steps"] and out["CFG scale (guidance)"]["value"] == expected["cfg"]
     assert out["spacing"] == expected["spacing"]
+    eta = out["DDIM eta (0 = deterministic)"]
+    assert eta["value"] == expected["eta"] and eta["visible"] == (expected["sampler"] == "ddim")
 
 
 def test_generate_with_a_time_step_spacing(demo, tiny_checkpoint, monkeypatch):

@@ -153,6 +153,18 @@ def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
     assert "7 steps, time steps spaced with power 2, guidance w = 3.5" in grid_caption(load_config(checkpoint))
     card = write_model_card(checkpoint).read_text()
     assert "| recommended sampling | ddim, 7 steps, guidance w = 3.5 for t/T in 0.2..1, time steps spaced with power 2 |" in card
+    assert "cfg=3.5, guidance_interval=(0.2, 1), spacing=2, seed=0)" in card
+
+    # and a recommended DDIM eta: drawn with, said in the caption, the table and the usage example
+    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling={
+        "sampler": "ddim", "steps": 7, "cfg": 3.5, "eta": 0.5}))
+    noisy = ensure_sample_grid(checkpoint, force=True).read_bytes()
+    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=3.5, eta=0.5, seed=0)
+    assert save_grid(expected, tmp_path / "eta.png", nrow=8).read_bytes() == noisy != grid
+    assert "eta 0.5" in grid_caption(load_config(checkpoint))
+    card = write_model_card(checkpoint).read_text()
+    assert "| recommended sampling | ddim, 7 steps, guidance w = 3.5, eta 0.5 |" in card
+    assert 'sampler="ddim", steps=7, cfg=3.5, eta=0.5, seed=0)' in card
 
 
 def test_card_reproduce_commands_can_be_given(checkpoint):

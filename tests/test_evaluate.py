@@ -331,12 +331,14 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
     save_checkpoint(folder, model, dataclasses.replace(config, sampling={"sampler": "ddim", "steps": 3, "cfg": 2.5,
                                                                          "guidance_interval": [0.3, 0.9],
-                                                                         "spacing": 2.0}))
+                                                                         "spacing": 2.0, "eta": 0.3}))
     common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
               "--batch-size", "20"]
     assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
     row = json.loads((tmp_path / "a.json").read_text())["results"][0]
-    assert (row["steps"], row["cfg"], row["guidance_interval"], row["spacing"]) == (3, 2.5, [0.3, 0.9], 2.0)
+    assert (row["steps"], row["cfg"], row["guidance_interval"], row["spacing"], row["eta"]) == (3, 2.5, [0.3, 0.9], 2.0, 0.3)
+    assert main(common + ["--eta", "0", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["eta"] == 0.0
     assert main(common + ["--spacing", "1", "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["results"][0]["spacing"] == 1.0
     assert main(common + ["--guidance-interval", "0.5", "1", "--json", str(tmp_path / "b.json")]) == 0
