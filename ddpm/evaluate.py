@@ -256,19 +256,23 @@ def check_compatible(pipe: Pipeline, classifier: Classifier, classifier_info: di
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a markdown table, followed by the reference values. Reports written before the copy
     check existed have no "copies" figures; their table leaves that column out. A "spacing" column appears when
-    some row spaces its time steps other than evenly (rows without the key are even: spacing 1)."""
+    some row spaces its time steps other than evenly (rows without the key are even: spacing 1), an "eta" column
+    when some row samples DDIM with noise (eta > 0)."""
     ref = report["reference"]
     copies = all("copies" in r for r in report["results"]) and "copies_test" in ref
     spaced = any(r.get("spacing", 1.0) != 1.0 for r in report["results"])
+    noisy = any(r.get("eta", 0.0) for r in report["results"])
     lines = [
-        "| sampler | steps |" + (" spacing |" if spaced else "") + " CFG | guidance interval | precision | accuracy | "
-        "FD | FD / floor | NN to train | NN / test NN |" + (" copies |" if copies else "") + " time (s) |",
-        "|---|---:|" + ("---:|" if spaced else "") + "---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if copies else "")
-        + "---:|",
+        "| sampler | steps |" + (" spacing |" if spaced else "") + (" eta |" if noisy else "") + " CFG | guidance "
+        "interval | precision | accuracy | FD | FD / floor | NN to train | NN / test NN |" + (" copies |" if copies else "")
+        + " time (s) |",
+        "|---|---:|" + ("---:|" if spaced else "") + ("---:|" if noisy else "") + "---:|---|---|---:|---:|---:|---:|---:|"
+        + ("---:|" if copies else "") + "---:|",
     ]
     for r in report["results"]:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
         spacing = f"{r.get('spacing', 1.0):g} | " if spaced else ""
+        spacing += f"{r.get('eta', 0.0):g} | " if noisy else ""
         lines.append(f"| {r['sampler']} | {r['steps']} | {spacing}{r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
                      f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
                      + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")

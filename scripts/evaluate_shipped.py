@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference
     report["default"] = {"cfg": best["cfg"], "guidance_interval": best["guidance_interval"],
-                         "spacing": best.get("spacing", 1.0), "rule":
+                         "spacing": best.get("spacing", 1.0), "eta": best["eta"], "rule":
                          f"lowest FD among rows with accuracy >= {TARGET_ACCURACY:.0%}"}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))

@@ -280,6 +280,21 @@ def test_spacing_reaches_the_sampler_and_the_table(tiny_checkpoint):
     assert lines[0].startswith("| sampler | steps | spacing | CFG |")
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == lines[3].count("|") == 14
     assert lines[2].startswith("| ddim | 50 | 1 | 2 | 0.2..0.8 |") and lines[3].startswith("| ddim | 50 | 1.5 | 2 |")
+    # a row with DDIM noise adds an eta column (rows without the key are deterministic: eta 0)
+    assert "eta" not in lines[0]
+    report["results"].append({**row, "spacing": 1.25, "eta": 0.2})
+    lines = markdown_table(report).splitlines()
+    assert lines[0].startswith("| sampler | steps | spacing | eta | CFG |")
+    assert all(line.count("|") == 15 for line in lines[:5])
+    assert lines[2].startswith("| ddim | 50 | 1 | 0 | 2 | 0.2..0.8 |") and lines[4].startswith("| ddim | 50 | 1.25 | 0.2 | 2 |")
+
+
+def test_eta_reaches_the_sampler(tiny_checkpoint):
+    import ddpm
+
+    pipe = ddpm.load(tiny_checkpoint)
+    run = lambda **kw: generate(pipe, torch.arange(3), Setting(steps=5, cfg=2.0, **kw), seed=0, batch_size=3)  # noqa: E731
+    assert torch.equal(run(), run(eta=0.0)) and not torch.equal(run(), run(eta=0.5))
 
 
 def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
