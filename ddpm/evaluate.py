@@ -3,8 +3,8 @@
     python -m ddpm.evaluate --checkpoint checkpoints/fashion-mnist --classifier checkpoints/fashion-mnist-classifier \
         --sampler ddim --steps 50 --cfg 0 1 1.5 2 3 5 --n-per-class 100 --json eval.json
 
-For every sampler setting it generates N images per class (image i with seed + i, so the batch size does
-not matter) and reports:
+For every sampler setting it generates N images per class (image i of the N_total with seed * N_total + i, so the
+batch size does not matter and two evaluation seeds share no noise) and reports:
 
     accuracy      the classifier's accuracy on the samples against the requested classes
     FD            the Fréchet distance between the classifier's penultimate features of the samples and
@@ -211,11 +211,12 @@ def generate(pipe: Pipeline, labels: torch.Tensor, setting: Setting, *, seed: in
 def evaluate_setting(pipe: Pipeline, classifier: Classifier, reference: Reference, setting: Setting, *,
                      n_per_class: int, seed: int = 0, batch_size: int = 100,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Sample n_per_class images of every class with one setting and score them (one row of the table)."""
+    """Sample n_per_class images of every class with one setting and score them (one row of the table).
+    Image i uses the noise seed seed * N + i: evaluation seeds draw disjoint sets of images."""
     k = classifier.config.num_classes
     labels = torch.arange(k).repeat_interleave(n_per_class)  # (N,), sorted by class
     t0 = time.time()
-    images = generate(pipe, labels, setting, seed=seed, batch_size=batch_size, progress=progress)
+    images = generate(pipe, labels, setting, seed=seed * len(labels), batch_size=batch_size, progress=progress)
     seconds = time.time() - t0
     pred, feats = predict(classifier, images)
     fd = frechet_distance_features(feats.numpy(), reference.test_features)

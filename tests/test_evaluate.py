@@ -231,6 +231,25 @@ def test_memorising_generator_is_caught(tiny_classifier, reference):
     assert row["fd"] < reference.fd_noise_ceiling / 5  # real digits score like real digits
 
 
+def test_evaluation_seeds_draw_disjoint_images(tiny_classifier, reference):
+    """Seed s samples image i with noise seed s * N + i: seed 1 is a new set of images, not seed 0's shifted by one."""
+    _, clf = tiny_classifier
+    seen = []
+
+    class Recording(CopyingPipe):
+        def sample(self, labels, *, seed: int, **kw):
+            seen.append((seed, len(labels)))
+            return super().sample(labels, seed=seed, **kw)
+
+    pipe = Recording(reference.train_images, load_split_labels())
+    used = {}
+    for s in (0, 1, 2):
+        seen.clear()
+        evaluate_setting(pipe, clf, reference, Setting(), n_per_class=5, seed=s, batch_size=20)
+        used[s] = {start + i for start, n in seen for i in range(n)}
+    assert used[0] == set(range(50)) and used[1] == set(range(50, 100)) and used[2] == set(range(100, 150))
+
+
 def load_split_labels() -> torch.Tensor:
     from ddpm.data import load_dataset
 
