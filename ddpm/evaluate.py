@@ -364,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="network precision while sampling")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100, help="images per sampler call")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="evaluation seed: the samples use noise seeds seed*N .. seed*N+N-1 and the floor its own "
+                             "training subset, so two seeds are independent draws")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
