@@ -144,11 +144,11 @@ def _defaults(pipe: Pipeline) -> dict:
     s, fallback = pipe.config.recommended_sampling(), DEFAULT_SAMPLING
     steps = s["steps"] if isinstance(s["steps"], int) and not isinstance(s["steps"], bool) else fallback["steps"]
     cfg = s["cfg"] if isinstance(s["cfg"], (int, float)) and not isinstance(s["cfg"], bool) else fallback["cfg"]
-    number = isinstance(s["spacing"], (int, float)) and not isinstance(s["spacing"], bool) and math.isfinite(s["spacing"])
-    spacing = s["spacing"] if number else fallback["spacing"]
-    eta_ok = isinstance(s["eta"], (int, float)) and not isinstance(s["eta"], bool) and math.isfinite(s["eta"])
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    spacing = s["spacing"] if finite(s["spacing"]) else fallback["spacing"]
+    eta = s["eta"] if finite(s["eta"]) else fallback["eta"]
     return {
-        "eta": float(min(max(s["eta"] if eta_ok else fallback["eta"], 0.0), 1.0)),
+        "eta": float(min(max(eta, 0.0), 1.0)),
         "spacing": float(min(max(spacing, 1.0), MAX_SPACING)),
         "interval": pipe.guidance_interval,
         "steps": int(min(max(steps, 1), pipe.T)),

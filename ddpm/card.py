@@ -147,6 +147,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     kind = "class-conditional" if conditional else "unconditional"
     color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
     sampling = config.recommended_sampling()
+    eta = float(sampling["eta"]) if sampling["sampler"] == "ddim" and sampling.get("eta") else 0.0  # DDIM noise, if any
     init = tr.get("init_from") if isinstance(tr.get("init_from"), dict) else {}  # a run started from other weights
 
     out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
@@ -166,7 +167,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         gi = sampling.get("guidance_interval")
         interval = f", guidance_interval=({gi[0]:g}, {gi[1]:g})" if gi else ""
         interval += f", spacing={float(sampling['spacing']):g}" if sampling.get("spacing", 1.0) != 1.0 else ""
-        interval += f", eta={float(sampling['eta']):g}" if sampling["sampler"] == "ddim" and sampling.get("eta") else ""
+        interval += f", eta={eta:g}" if eta else ""
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
                    f'steps={sampling["steps"]}, cfg={sampling["cfg"]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
     else:
@@ -189,7 +190,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
                                  f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"
                                  f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"
                                  f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"
-                                 f"{', eta {:g}'.format(float(sampling['eta'])) if sampling['sampler'] == 'ddim' and sampling.get('eta') else ''}"),
+                                 f"{', eta {:g}'.format(eta) if eta else ''}"),
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 

@@ -272,9 +272,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
-        spacing = f"{r.get('spacing', 1.0):g} | " if spaced else ""
-        spacing += f"{r.get('eta', 0.0):g} | " if noisy else ""
-        lines.append(f"| {r['sampler']} | {r['steps']} | {spacing}{r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
+        optional = (f"{r.get('spacing', 1.0):g} | " if spaced else "") + (f"{r.get('eta', 0.0):g} | " if noisy else "")
+        lines.append(f"| {r['sampler']} | {r['steps']} | {optional}{r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
                      f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
                      + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")
     copy_note = (f"; copies (nearest training image at most 1/3 as far as the second nearest) among those test "
