@@ -12,8 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# allocate and free a 64 MB tensor 3 times (the heap may grow during these), then 10 more times: report the minor
-# page faults of each of the last 10 and what tune_allocator said
+# allocate and free a 64 MB tensor 3 times (the heap may grow during these), then 30 more times: report the minor
+# page faults of each of the last 30 and what tune_allocator said
 PROBE = """
 import json, resource, sys, torch
 from ddpm.allocator import tune_allocator
@@ -21,7 +21,7 @@ tuned = tune_allocator() if sys.argv[1] == "tune" else None
 for _ in range(3):
     torch.ones(16_000_000)
 faults = []
-for _ in range(10):
+for _ in range(30):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(16_000_000)
     del x
@@ -46,11 +46,12 @@ def test_tuning_stops_the_page_faults_of_large_tensors():
     plain, tuned = probe("plain"), probe("tune")
     assert tuned["tuned"] is True
     # untuned: every 64 MB tensor is a fresh mmap, ~15,600 pages (4 KiB) faulted in each time; tuned: the heap's
-    # memory is reused, so most allocations fault almost nothing (a loaded machine has seen the heap grow again in
-    # up to 3 of the 10, each growth faulting a whole tensor in)
+    # memory is reused, so allocations fault almost nothing once the heap has settled. It settles after a few
+    # allocations whose number varies from run to run (0 to 5 after the warm-ups on this machine, more under load;
+    # each faults a whole tensor in), so the test asks for 20 quiet allocations of 30.
     pages = 16_000_000 * 4 // 4096
     assert all(f > 0.9 * pages for f in plain["faults"]), plain["faults"]
-    assert sum(f < 0.1 * pages for f in tuned["faults"]) >= 6, tuned["faults"]
+    assert sum(f < 0.1 * pages for f in tuned["faults"]) >= 20, tuned["faults"]
 
 
 @glibc
