@@ -10,7 +10,10 @@ batch size does not matter and two evaluation seeds share no noise) and reports:
     FD            the Fréchet distance between the classifier's penultimate features of the samples and
                   of the whole real test set: ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))
                   (FID's formula, with this small classifier in place of Inception)
-    FD floor      the same for N real training images: what a perfect generator scores at this N
+    FD floor      the same for N real training images: what a perfect generator scores at this N. One draw of
+                  N images is noisy (on Fashion-MNIST at N = 1000, 20 draws ranged over 0.17..0.32), so the
+                  report also gives the floor of FLOOR_DRAWS other draws (their mean, spread and range): how far
+                  an FD / floor ratio can move with the draw alone
     FD ceiling    the same for N images of Gaussian noise, N(0, 1) clipped to [-1, 1]
     NN            the mean L2 distance (pixels in [0, 1]) from each sample to its nearest training image,
                   against the same for N real test images: a ratio well below 1 means copying
@@ -148,6 +151,10 @@ class Setting:
     spacing: float = 1.0  # time-step spacing power (1 = even steps in t)
 
 
+FLOOR_DRAWS = 10  # other random sets of N training images whose FDs show how much the floor itself varies
+FLOOR_DRAW_SEED = 10_000  # draw j uses subset seed FLOOR_DRAW_SEED + j: the same draws for every evaluation seed
+
+
 @dataclass
 class Reference:
     """What real data and noise score at the same N: the yardsticks every row is read against."""
@@ -155,6 +162,7 @@ class Reference:
     n: int
     test_features: np.ndarray  # (N_test, D), the whole real test split
     fd_train_floor: float
+    fd_floor_draws: tuple[float, ...]  # the floor for FLOOR_DRAWS other sets of N training images
     fd_noise_ceiling: float
     accuracy_train_subset: float
     nn_test_to_train: float
@@ -177,6 +185,10 @@ def build_reference(classifier: Classifier, dataset: str, *, n_per_class: int, i
     _, test_feats = predict(classifier, test_split.images)
     train_idx = balanced_subset(train_split.labels, n_per_class, k, seed=seed)
     train_pred, train_feats = predict(classifier, train_split.images[train_idx])
+    floor_draws = []
+    for j in range(FLOOR_DRAWS):
+        idx = balanced_subset(train_split.labels, n_per_class, k, seed=FLOOR_DRAW_SEED + j)
+        floor_draws.append(frechet_distance_features(predict(classifier, train_split.images[idx])[1], test_feats))
     noise = torch.randn((n, channels, image_size, image_size), generator=torch.Generator().manual_seed(seed))
     _, noise_feats = predict(classifier, to_uint8_images(noise))
     # n random real test images against the training split (disjoint from the test split for every dataset)
@@ -184,7 +196,7 @@ def build_reference(classifier: Classifier, dataset: str, *, n_per_class: int, i
     nn_test = nearest_distances(test_split.images[test_idx], train_split.images, k=2)  # (n, 2)
     return Reference(
         n=n, test_features=test_feats.numpy(),
-        fd_train_floor=frechet_distance_features(train_feats, test_feats),
+        fd_train_floor=frechet_distance_features(train_feats, test_feats), fd_floor_draws=tuple(floor_draws),
         fd_noise_ceiling=frechet_distance_features(noise_feats, test_feats),
         accuracy_train_subset=float((train_pred == train_split.labels[train_idx]).float().mean()),
         nn_test_to_train=float(nn_test[:, 0].mean()), copies_test=copy_fraction(nn_test),
@@ -278,10 +290,13 @@ def markdown_table(report: dict[str, Any]) -> str:
                      + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")
     copy_note = (f"; copies (nearest training image at most 1/3 as far as the second nearest) among those test "
                  f"images: {ref['copies_test']:.1%}" if copies else "")
+    draws = np.asarray(ref.get("fd_floor_draws") or [])  # reports written before the floor's spread have none
+    spread_note = (f" (over {len(draws)} other draws of {ref['n']} training images: mean {draws.mean():.2f}, "
+                   f"sd {draws.std(ddof=1):.2f}, range {draws.min():.2f}..{draws.max():.2f})" if len(draws) > 1 else "")
     lines += [
         "",
         f"N = {ref['n']} images ({report['n_per_class']} per class), seed {report['seed']}. "
-        f"Real data at the same N: FD floor (training images vs test set) {ref['fd_train_floor']:.2f}, "
+        f"Real data at the same N: FD floor (training images vs test set) {ref['fd_train_floor']:.2f}{spread_note}, "
         f"noise ceiling {ref['fd_noise_ceiling']:.1f}; classifier accuracy on those training images "
         f"{ref['accuracy_train_subset']:.1%}, on the whole test set {report['classifier_test_accuracy']:.1%}; "
         f"real test images' mean nearest-neighbour distance to the training set {ref['nn_test_to_train']:.3f} "
@@ -312,7 +327,8 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     ref = build_reference(classifier, pipe.config.dataset, n_per_class=n_per_class, image_size=m.image_size,
                           channels=m.in_channels, seed=seed)
     if log:
-        log(f"reference ({time.time() - t0:.0f} s): FD floor {ref.fd_train_floor:.3f}, noise ceiling "
+        log(f"reference ({time.time() - t0:.0f} s): FD floor {ref.fd_train_floor:.3f} (other draws: "
+            f"{min(ref.fd_floor_draws):.3f}..{max(ref.fd_floor_draws):.3f}), noise ceiling "
             f"{ref.fd_noise_ceiling:.1f}, test NN {ref.nn_test_to_train:.3f}, test copies {ref.copies_test:.1%}")
     results = []
     for s in settings:
@@ -332,7 +348,8 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
         "n_per_class": n_per_class,
         "seed": seed,
         "reference": {
-            "n": ref.n, "fd_train_floor": ref.fd_train_floor, "fd_noise_ceiling": ref.fd_noise_ceiling,
+            "n": ref.n, "fd_train_floor": ref.fd_train_floor, "fd_floor_draws": list(ref.fd_floor_draws),
+            "fd_noise_ceiling": ref.fd_noise_ceiling,
             "accuracy_train_subset": ref.accuracy_train_subset, "nn_test_to_train": ref.nn_test_to_train,
             "copies_test": ref.copies_test,
             "test_images": ref.test_size, "train_images": ref.train_size,

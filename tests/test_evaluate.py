@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from ddpm.checkpoint import CheckpointConfig, save_checkpoint
-from ddpm.classifier import Classifier, ClassifierConfig, load_split, save_classifier, train_classifier
+from ddpm.classifier import Classifier, ClassifierConfig, load_split, predict, save_classifier, train_classifier
 from ddpm.data import MNIST_CLASSES, ImageDataset
 from ddpm.evaluate import (
+    FLOOR_DRAW_SEED,
+    FLOOR_DRAWS,
     Setting,
     balanced_subset,
     build_reference,
@@ -209,6 +211,21 @@ def test_reference_orders_real_data_below_noise(reference):
     assert reference.copies_test <= 0.02  # real held-out digits are not copies of the others
 
 
+def test_reference_reports_the_floors_spread(tiny_classifier, reference):
+    """The floor of FLOOR_DRAWS other random sets of N training images: the same sets for every evaluation seed,
+    each one's FD against the test set, and real data scores like real data in every one of them."""
+    _, clf = tiny_classifier
+    draws = reference.fd_floor_draws
+    assert len(draws) == FLOOR_DRAWS and len(set(draws)) == FLOOR_DRAWS
+    train, test = load_split("mnist-5k", train=True), load_split("mnist-5k", train=False)
+    idx = balanced_subset(train.labels, 5, 10, seed=FLOOR_DRAW_SEED + 3)
+    expected = frechet_distance_features(predict(clf, train.images[idx])[1], predict(clf, test.images)[1])
+    assert draws[3] == pytest.approx(expected)
+    assert max(draws) < reference.fd_noise_ceiling / 5
+    other_seed = build_reference(clf, "mnist-5k", n_per_class=5, image_size=28, channels=1, seed=1)
+    assert other_seed.fd_floor_draws == draws and other_seed.fd_train_floor != reference.fd_train_floor
+
+
 class CopyingPipe:
     """A "generator" that returns training images of the requested classes: the memorisation check must catch it."""
 
@@ -294,6 +311,10 @@ def test_spacing_reaches_the_sampler_and_the_table(tiny_checkpoint):
                             "nn_test_to_train": 3.59, "copies_test": 0.0},
               "results": [dict(row)], "n_per_class": 100, "seed": 0, "classifier_test_accuracy": 0.924}
     assert "spacing" not in markdown_table(report).splitlines()[0]  # every row even (older reports have no key)
+    assert "other draws" not in markdown_table(report)  # reports written before the floor's spread
+    report["reference"]["fd_floor_draws"] = [0.20, 0.22, 0.24]
+    assert ("FD floor (training images vs test set) 0.21 (over 3 other draws of 1000 training images: mean 0.22, "
+            "sd 0.02, range 0.20..0.24), noise ceiling 143.3") in markdown_table(report)
     report["results"].append({**row, "spacing": 1.5})
     lines = markdown_table(report).splitlines()
     assert lines[0].startswith("| sampler | steps | spacing | CFG |")
@@ -328,8 +349,9 @@ def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, c
     report = json.loads(out.read_text())
     assert {"checkpoint", "classifier", "classifier_test_accuracy", "dataset", "n_per_class", "seed", "reference",
             "results"} <= set(report)
-    assert {"n", "fd_train_floor", "fd_noise_ceiling", "accuracy_train_subset", "nn_test_to_train",
+    assert {"n", "fd_train_floor", "fd_floor_draws", "fd_noise_ceiling", "accuracy_train_subset", "nn_test_to_train",
             "copies_test"} <= set(report["reference"])
+    assert len(report["reference"]["fd_floor_draws"]) == FLOOR_DRAWS and "other draws of 30 training images" in table
     assert [r["cfg"] for r in report["results"]] == [0.0, 2.0]
     for r in report["results"]:
         assert {"sampler", "steps", "cfg", "guidance_interval", "precision", "accuracy", "per_class_accuracy", "fd",
