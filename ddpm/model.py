@@ -94,6 +94,8 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=4),
     # ~2.5M: the default for 28-32 px grayscale on a CPU
     "small": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(2,)),
+    # ~4.1M: small with two residual blocks per level, ~1.5x its training time per step on a CPU
+    "medium": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(2,)),
     # ~1M: faster, a little weaker
     "mini": dict(base_channels=24, channel_mult=(1, 2, 3), num_res_blocks=1, attention_levels=(2,)),
     # ~9M: GPUs and RGB
@@ -102,7 +104,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str, *, in_channels: int = 1, image_size: int = 28, num_classes: int | None = 10) -> ModelConfig:
-    """A ModelConfig from a named preset ("tiny", "mini", "small", "base")."""
+    """A ModelConfig from a named preset ("tiny", "mini", "small", "medium", "base")."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return ModelConfig(in_channels=in_channels, image_size=image_size, num_classes=num_classes, **PRESETS[name])

@@ -125,8 +125,10 @@ def test_presets_sizes():
     counts = {name: count_parameters(UNet(preset_config(name))) for name in PRESETS}
     assert counts["tiny"] < 100_000
     assert 1_000_000 <= counts["small"] <= 3_000_000
+    assert 3_500_000 <= counts["medium"] <= 5_000_000  # small's network with two residual blocks per level
     assert 6_000_000 <= counts["base"] <= 10_000_000
-    assert counts["tiny"] < counts["mini"] < counts["small"] < counts["base"]
+    assert counts["tiny"] < counts["mini"] < counts["small"] < counts["medium"] < counts["base"]
+    assert preset_config("medium").num_res_blocks == 2 * preset_config("small").num_res_blocks
     rgb = count_parameters(UNet(preset_config("small", in_channels=3, image_size=32)))
     assert 1_000_000 <= rgb <= 3_000_000
 
