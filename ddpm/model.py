@@ -94,10 +94,10 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=4),
     # ~2.5M: the default for 28-32 px grayscale on a CPU
     "small": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(2,)),
-    # ~4.1M: small with two residual blocks per level, ~1.5x its training time per step on a CPU
-    "medium": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(2,)),
     # ~1M: faster, a little weaker
     "mini": dict(base_channels=24, channel_mult=(1, 2, 3), num_res_blocks=1, attention_levels=(2,)),
+    # ~4.1M: small with two residual blocks per level, ~1.5x its training time per step on a CPU
+    "medium": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(2,)),
     # ~9M: GPUs and RGB
     "base": dict(base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), dropout=0.1),
 }
