@@ -12,7 +12,9 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -318,6 +320,41 @@ class TrainResult:
     final_loss: float
     wall_time_s: float
     precision: str
+    interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run early (checkpoint saved)
+
+
+class GracefulStop:
+    """Turns the first SIGINT / SIGTERM into a request to stop after the current step (the loop then saves a checkpoint).
+
+    A second signal gets the previous handler (Ctrl-C twice still aborts at once). Only installed in the main thread
+    of a single-process run: signal handlers cannot be set elsewhere, and under torchrun every rank would have to
+    agree on the step to stop at.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum).name
+        self.restore()
+        print(f"\n{self.received}: stopping after this step and saving a checkpoint (send it again to abort now)",
+              file=sys.stderr)
+
+    def install(self) -> GracefulStop:
+        if self.enabled:
+            self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+            for s in self.SIGNALS:
+                signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def default_geometry(dataset: str) -> tuple[int, int]:
@@ -416,6 +453,7 @@ def train(
     last_saved = start_step if resume else None
     step = start_step
     model.train()
+    stop = GracefulStop(enabled=not dist_info.enabled).install()
     try:
         for step in range(start_step, cfg.steps):
             for group in opt.param_groups:
@@ -473,7 +511,13 @@ def train(
                 write_sample_grid(out / "samples" / f"step_{done:07d}.png", ema, model_cfg, schedule, seed=cfg.seed)
             if is_ckpt and dist_info.is_main and on_checkpoint is not None:
                 on_checkpoint(done)
+            if stop.received and done < cfg.steps:
+                if last_saved != done:
+                    _save(out, model, ema, opt, done, wall_before + time.time() - t_start, last_loss, smoothed,
+                          ckpt_cfg, cfg, precision, device, global_batch, init_source)
+                break
     finally:
+        stop.restore()
         if bar is not None:
             bar.close()
     if dist_info.enabled:
@@ -481,7 +525,8 @@ def train(
 
         dist.barrier()  # rank 0 may still be writing the last checkpoint
         dist.destroy_process_group()
-    return TrainResult(out, max(step + 1, start_step), last_loss, wall_before + time.time() - t_start, precision)
+    return TrainResult(out, max(step + 1, start_step), last_loss, wall_before + time.time() - t_start, precision,
+                       interrupted_by=stop.received if step + 1 < cfg.steps else None)
 
 
 class _nullcontext:
