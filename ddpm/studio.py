@@ -22,7 +22,17 @@ import torch
 from .checkpoint import CONFIG_NAME, FORMAT
 from .frames import frames_by_log_snr
 from .pipeline import Pipeline, load
-from .samplers import MAX_SPACING, SAMPLERS, ddim_steps, ddpm_steps, guided_at, randn_per_image, run_to_end, timesteps_for
+from .samplers import (
+    MAX_SPACING,
+    SAMPLERS,
+    check_spacing,
+    ddim_steps,
+    ddpm_steps,
+    guided_at,
+    randn_per_image,
+    run_to_end,
+    timesteps_for,
+)
 from .schedule import NoiseSchedule
 
 IMAGE_COUNTS = (1, 4, 9, 16)
@@ -164,8 +174,7 @@ def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed
     if not 0.0 <= eta_f <= 1.0:
         raise ValueError(f"eta must be a number in 0..1, got {eta!r}")
     spacing_f = _number("spacing", spacing, f"a number in 1..{MAX_SPACING:g}")
-    if not 1.0 <= spacing_f <= MAX_SPACING:
-        raise ValueError(f"spacing must be a number in 1..{MAX_SPACING:g} (1 = even steps in t), got {spacing!r}")
+    check_spacing(spacing_f)
     label_i = parse_label(pipe, label) if pipe.conditional else None
     if not isinstance(precision, str):
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")

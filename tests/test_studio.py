@@ -89,7 +89,7 @@ def test_parse_run_accepts_good_values(pipe):
     ("sampler", "euler", r"unknown sampler 'euler'; choose one of ddpm, ddim"),
     ("sampler", None, r"unknown sampler None"),
     ("eta", 1.5, r"eta must be a number in 0\.\.1, got 1\.5"),
-    ("spacing", 0.5, r"spacing must be a number in 1\.\.4 \(1 = even steps in t\), got 0\.5"),
+    ("spacing", 0.5, r"spacing must be a number in 1\.\.4 \(1 = even steps, 2 = quadratic\), got 0\.5"),
     ("spacing", "quad", r"spacing must be a number in 1\.\.4, got 'quad'"),
     ("precision", "fp16", r"unknown precision 'fp16'; choose one of auto, fp32, bf16"),
     ("label", "Dog", r"unknown class 'Dog'"),
