@@ -217,7 +217,7 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path, synthetic
     assert ddpm.load(out).config.training["steps"] == saved_step + 2
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_stops_after_the_step_with_a_checkpoint(tmp_path, synthetic_dataset, sig):
     """Ctrl-C or a scheduler's SIGTERM between checkpoints loses no steps: the run saves where it is and says how
     to go on."""
