@@ -18,6 +18,7 @@ from dataclasses import fields, replace
 
 from ddpm.allocator import tune_allocator
 from ddpm.hub import HubError
+from ddpm.model import PRESETS
 from ddpm.training import (
     LR_SCHEDULES,
     PRECISION_CHOICES,
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--dataset", help=f"fashion-mnist | mnist | mnist-5k | cifar10 | folder:PATH (default {d.dataset})")
     add("--data-dir", help=f"where torchvision datasets are downloaded (default {d.data_dir})")
     add("--out", help=f"checkpoint folder (default {d.out})")
-    add("--preset", help=f"model size: tiny | mini | small | medium | base (default {d.preset})")
+    add("--preset", help=f"model size: {' | '.join(PRESETS)} (default {d.preset})")
     add("--image-size", type=int, help="image side in pixels (default: 28 for MNIST-like data, else 32)")
     add("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: the dataset's)")
     add("--unconditional", action="store_const", const=True, help="ignore class labels")

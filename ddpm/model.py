@@ -104,7 +104,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str, *, in_channels: int = 1, image_size: int = 28, num_classes: int | None = 10) -> ModelConfig:
-    """A ModelConfig from a named preset ("tiny", "mini", "small", "medium", "base")."""
+    """A ModelConfig from a named preset (a key of PRESETS)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return ModelConfig(in_channels=in_channels, image_size=image_size, num_classes=num_classes, **PRESETS[name])
