@@ -4,7 +4,8 @@
 
 Everything in the card comes from the folder: config.json (model, schedule, classes, training facts),
 train_config.json (the run's settings, when present), evaluation.json (the figures of
-`python -m ddpm.evaluate --json`, when present) and samples.png (made here when missing or stale).
+`python -m ddpm.evaluate --json`, when present), card_notes.json (rows given by hand, e.g. the commands of a
+resumed run; written by write_model_card) and samples.png (made here when missing or stale).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import WEIGHTS_NAME, CheckpointConfig, load_config
+from .checkpoint import WEIGHTS_NAME, CheckpointConfig, CheckpointError, load_config
 
 CARD_NAME = "README.md"
 GRID_NAME = "samples.png"
 EVALUATION_NAME = "evaluation.json"
+NOTES_NAME = "card_notes.json"  # the hand-given `extra` of write_model_card, so that any later rewrite keeps it
 DEFAULT_LICENSE = "mit"  # Fashion-MNIST and MNIST are MIT-licensed; override with extra={"license": ...}
 LIBRARY_NAME = "ddpm-studio"
 MARKER = "<!-- ddpm-studio model card: regenerated from config.json on every push; edits are overwritten -->"
@@ -249,10 +251,38 @@ def is_generated_card(folder: str | Path) -> bool:
     return not path.exists() or MARKER in path.read_text(encoding="utf-8", errors="replace")
 
 
-def write_model_card(folder: Path, *, extra: dict | None = None) -> Path:
-    """Write folder/README.md (see model_card) and return its path."""
-    path = Path(folder) / CARD_NAME
-    path.write_text(model_card(folder, extra=extra), encoding="utf-8")
+def read_card_notes(path: str | Path) -> dict[str, Any]:
+    """A JSON object of card entries (name: text) from `path`; a CheckpointError saying what is wrong otherwise."""
+    path = Path(path)
+    try:
+        notes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read the card notes {str(path)!r}: {e}") from e
+    if not isinstance(notes, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object of card entries (name: text), "
+                              f"not a {type(notes).__name__}")
+    return notes
+
+
+def write_model_card(folder: str | Path, *, extra: dict | None = None) -> Path:
+    """Write folder/README.md (see model_card) and return its path.
+
+    The entries of `extra` other than "repo_id" (license, reproduce, rows) are merged over the notes saved in
+    folder/card_notes.json and saved there, so a later rewrite (every push to the Hub regenerates the card) keeps
+    them; a value of None removes a saved entry.
+    """
+    folder = Path(folder)
+    given = dict(extra or {})
+    repo = {"repo_id": given.pop("repo_id")} if "repo_id" in given else {}
+    saved = read_card_notes(folder / NOTES_NAME) if (folder / NOTES_NAME).is_file() else {}
+    notes = {k: v for k, v in {**saved, **given}.items() if v is not None}
+    text = model_card(folder, extra={**notes, **repo})  # before anything is written: a bad folder changes nothing
+    if notes:
+        (folder / NOTES_NAME).write_text(json.dumps(notes, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        (folder / NOTES_NAME).unlink(missing_ok=True)
+    path = folder / CARD_NAME
+    path.write_text(text, encoding="utf-8")
     return path
 
 

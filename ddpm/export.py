@@ -1,7 +1,8 @@
 """Turn a training run's folder into a checkpoint folder fit to ship in checkpoints/ or push to the Hub.
 
     python -m ddpm.export runs/fashion-mnist checkpoints/fashion-mnist --dtype fp16 \
-        --sampler ddim --steps 50 --cfg 2 [--guidance-interval 0.2 0.8] [--spacing 1.5] [--evaluation eval.json]
+        --sampler ddim --steps 50 --cfg 2 [--guidance-interval 0.2 0.8] [--spacing 1.5] [--evaluation eval.json] \
+        [--card-notes notes.json]
 
 A run folder holds what training needs (training_state.pt, log.jsonl, samples/, ...). The exported folder
 holds only what sampling and the model card need:
@@ -12,6 +13,7 @@ holds only what sampling and the model card need:
     examples/            the real images of the app's forward-process tab
     evaluation.json      the report of `python -m ddpm.evaluate --json`, when given
     samples.png          a fresh sample grid of these weights
+    card_notes.json      the card's hand-given rows (--card-notes), when given; notes of earlier weights are dropped
     README.md            the model card
 """
 
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .card import read_card_notes
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
 from .samplers import SamplerOptions
 from .training import TRAIN_CONFIG_NAME
@@ -47,8 +50,11 @@ def check_sampling(sampling: dict[str, Any], T: int) -> dict[str, Any]:
 
 def export_checkpoint(run: str | Path, dst: str | Path, *, dtype: str = "fp16", sampling: dict[str, Any] | None = None,
                       evaluation: str | Path | None = None, card_extra: dict | None = None) -> Path:
-    """Write the shippable folder `dst` from the run folder `run` (see the module docstring). Returns dst."""
-    from .card import EVALUATION_NAME, write_model_card, write_sample_grid
+    """Write the shippable folder `dst` from the run folder `run` (see the module docstring). Returns dst.
+
+    card_extra: the model card's hand-given entries (see ddpm.card.model_card), saved in dst/card_notes.json.
+    """
+    from .card import EVALUATION_NAME, NOTES_NAME, write_model_card, write_sample_grid
 
     run, dst = Path(run), Path(dst)
     if dtype not in WEIGHT_DTYPES:
@@ -85,6 +91,7 @@ def export_checkpoint(run: str | Path, dst: str | Path, *, dtype: str = "fp16", 
     if report is not None:
         (dst / EVALUATION_NAME).write_text(json.dumps(report, indent=2) + "\n")
     write_sample_grid(dst)
+    (dst / NOTES_NAME).unlink(missing_ok=True)  # notes about the weights this export replaces
     write_model_card(dst, extra=card_extra)
     return dst
 
@@ -103,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spacing", type=float, default=None,
                    help="recommended time-step spacing power (1 = even steps in t, 2 = quadratic)")
     p.add_argument("--evaluation", default=None, help="a `python -m ddpm.evaluate --json` report to include")
+    p.add_argument("--card-notes", default=None, metavar="JSON",
+                   help='rows for the model card, a JSON object such as {"compute time": "6 h", "reproduce": "..."}; '
+                        "kept in the folder's card_notes.json, so later rewrites of the card (a Hub push) keep them")
     args = p.parse_args(argv)
     sampling = {k: getattr(args, k) for k in SAMPLING_KEYS if getattr(args, k) is not None}
     try:
+        notes = read_card_notes(args.card_notes) if args.card_notes else None
         out = export_checkpoint(args.run, args.dst, dtype=args.dtype, sampling=sampling or None,
-                                evaluation=args.evaluation)
+                                evaluation=args.evaluation, card_extra=notes)
     except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -194,3 +194,39 @@ def test_card_of_a_run_started_from_other_weights(checkpoint):
     (checkpoint / "train_config.json").write_text(json.dumps({**settings, "init_from": "checkpoints/base-model"}))
     command = model_card(checkpoint).split("Reproduce it:")[1].split("```")[1]
     assert "--init-from checkpoints/base-model" in command and command.startswith("bash\npython train.py")
+
+
+def test_hand_given_entries_survive_a_rewrite(checkpoint):
+    """Every Hub push regenerates the card: rows, license and commands given once are kept in card_notes.json."""
+    from ddpm.card import NOTES_NAME
+
+    steps = "python train.py --steps 100 --out r\npython train.py --out r --resume --steps 200"
+    write_model_card(checkpoint, extra={"repo_id": "user/tiny", "license": "cc-by-4.0", "compute time": "3 h",
+                                        "reproduce": steps})
+    assert json.loads((checkpoint / NOTES_NAME).read_text()) == {"license": "cc-by-4.0", "compute time": "3 h",
+                                                                 "reproduce": steps}  # not the repo: that is per push
+    text = write_model_card(checkpoint, extra={"repo_id": "other/name"}).read_text()
+    assert "| compute time | 3 h |" in text and f"```bash\n{steps}\n```" in text
+    assert front_matter(text)["license"] == "cc-by-4.0" and 'ddpm.load("other/name")' in text
+    assert 'ddpm.load("user/tiny")' not in text
+
+    text = write_model_card(checkpoint, extra={"compute time": "4 h", "reproduce": None}).read_text()
+    assert "| compute time | 4 h |" in text and steps not in text and "python train.py --dataset" in text
+    write_model_card(checkpoint, extra={"compute time": None, "license": None})
+    assert not (checkpoint / NOTES_NAME).exists()  # nothing left to keep
+    assert "compute time" not in (checkpoint / "README.md").read_text()
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "cannot read the card notes"),
+                                              ('["a row"]', "must hold a JSON object of card entries")])
+def test_unreadable_notes_are_named_and_change_nothing(checkpoint, content, message):
+    from ddpm.card import NOTES_NAME
+    from ddpm.checkpoint import CheckpointError
+
+    write_model_card(checkpoint)
+    card = (checkpoint / "README.md").read_bytes()
+    (checkpoint / NOTES_NAME).write_text(content)
+    with pytest.raises(CheckpointError, match=message) as info:
+        write_model_card(checkpoint, extra={"compute time": "3 h"})
+    assert NOTES_NAME in str(info.value)
+    assert (checkpoint / "README.md").read_bytes() == card and (checkpoint / NOTES_NAME).read_text() == content

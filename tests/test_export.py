@@ -132,3 +132,22 @@ def test_cli(run: Path, tmp_path: Path, capsys):
     assert "time steps spaced with power 1.5" in card and "spacing=1.5, seed=0)" in card
     assert main([str(run), str(tmp_path / "other"), "--steps", "5000"]) == 2
     assert "steps must be an integer in 1..1000, got 5000" in capsys.readouterr().err
+
+
+def test_card_notes_are_given_on_the_command_line_and_not_inherited(run: Path, tmp_path: Path, capsys):
+    notes = {"compute time": "6 h on 2 cores", "reproduce": "python train.py --out r\npython train.py --out r --resume"}
+    (tmp_path / "notes.json").write_text(json.dumps(notes))
+    dst = tmp_path / "ship"
+    assert main([str(run), str(dst), "--card-notes", str(tmp_path / "notes.json")]) == 0
+    card = (dst / "README.md").read_text()
+    assert "| compute time | 6 h on 2 cores |" in card and f"```bash\n{notes['reproduce']}\n```" in card
+    assert json.loads((dst / "card_notes.json").read_text()) == notes
+
+    assert main([str(run), str(dst)]) == 0  # new weights into the same folder: the old notes described the old ones
+    assert not (dst / "card_notes.json").exists() and "compute time" not in (dst / "README.md").read_text()
+
+    (tmp_path / "list.json").write_text("[1]")
+    for bad, message in (("list.json", "must hold a JSON object of card entries"), ("none.json", "cannot read the card notes")):
+        assert main([str(run), str(tmp_path / "other"), "--card-notes", str(tmp_path / bad)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()  # nothing written

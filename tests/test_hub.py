@@ -287,6 +287,18 @@ def test_a_hand_written_card_is_pushed_as_it_is(checkpoint, hub):
     assert b"My own card" in hub.files("user/tiny")["README.md"]
 
 
+
+def test_a_pushed_card_keeps_the_hand_given_rows(checkpoint, hub):
+    from ddpm.card import write_model_card
+
+    write_model_card(checkpoint, extra={"compute time": "3 h", "reproduce": "python train.py --out r --resume"})
+    push(checkpoint, "user/tiny", hub)
+    files = hub.files("user/tiny")
+    card = files["README.md"].decode()
+    assert "| compute time | 3 h |" in card and "python train.py --out r --resume" in card
+    assert 'ddpm.load("user/tiny")' in card  # regenerated for the repo
+    assert "card_notes.json" not in files  # the card carries them; the Hub copy needs no notes file
+
 # -- train.py --push-to-hub --------------------------------------------------------------------------
 def write_image_folder(root: Path) -> Path:
     """Two classes of 8 tiny grayscale PNGs: a dataset train.py reads as folder:PATH."""

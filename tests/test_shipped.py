@@ -80,3 +80,15 @@ def test_shipped_classifiers_report_their_accuracy():
         _, info = load_classifier(folder)
         assert info["test_accuracy"] > 0.9
         assert f"{info['test_accuracy']:.2%}" in (folder / "README.md").read_text()
+
+
+def test_the_card_is_regenerated_exactly_from_the_folder(shipped, tmp_path):
+    """Every push to the Hub rewrites README.md from the folder: its hand-given rows live in card_notes.json."""
+    import shutil
+
+    from ddpm.card import write_model_card
+
+    folder, _ = shipped
+    copy = Path(shutil.copytree(folder, tmp_path / folder.name))
+    card = write_model_card(copy).read_text().replace(str(copy), str(folder.relative_to(ROOT)))
+    assert card == (folder / "README.md").read_text()
