@@ -130,7 +130,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
 
     extra: "repo_id" (used in the usage example; default: the folder), "license" (default "mit"), "reproduce" (the
     commands that made the weights, e.g. a run resumed with other settings; default: from train_config.json); any other
-    key/value pairs are listed under Training.
+    key/value pairs are listed under Training. They go over the notes saved in folder/card_notes.json (None removes one).
     """
     import yaml
 
@@ -138,9 +138,9 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
 
     folder = Path(folder)
     config = load_config(folder)
-    extra = dict(extra or {})
-    on_hub = "repo_id" in extra  # else the card describes a local folder
-    repo_id = str(extra.pop("repo_id", folder))
+    on_hub = "repo_id" in (extra or {})  # else the card describes a local folder
+    repo_id = str(extra["repo_id"] if on_hub else folder)
+    extra = _notes(folder, extra)
     license = str(extra.pop("license", DEFAULT_LICENSE))
     reproduce = extra.pop("reproduce", None)  # commands that made the weights, when train_config.json alone cannot say
     m, s, tr = config.model, config.schedule, config.training
@@ -272,11 +272,8 @@ def write_model_card(folder: str | Path, *, extra: dict | None = None) -> Path:
     them; a value of None removes a saved entry.
     """
     folder = Path(folder)
-    given = dict(extra or {})
-    repo = {"repo_id": given.pop("repo_id")} if "repo_id" in given else {}
-    saved = read_card_notes(folder / NOTES_NAME) if (folder / NOTES_NAME).is_file() else {}
-    notes = {k: v for k, v in {**saved, **given}.items() if v is not None}
-    text = model_card(folder, extra={**notes, **repo})  # before anything is written: a bad folder changes nothing
+    notes = _notes(folder, extra)
+    text = model_card(folder, extra=extra)  # before anything is written: a bad folder changes nothing
     if notes:
         (folder / NOTES_NAME).write_text(json.dumps(notes, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
@@ -287,6 +284,13 @@ def write_model_card(folder: str | Path, *, extra: dict | None = None) -> Path:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _notes(folder: Path, extra: dict | None) -> dict[str, Any]:
+    """The card's hand-given entries: those saved in folder/card_notes.json, updated by `extra` (minus "repo_id")."""
+    saved = read_card_notes(folder / NOTES_NAME) if (folder / NOTES_NAME).is_file() else {}
+    given = {k: v for k, v in (extra or {}).items() if k != "repo_id"}
+    return {k: v for k, v in {**saved, **given}.items() if v is not None}
+
+
 def _table(rows: list[tuple[str, Any]]) -> list[str]:
     kept = [(k, v) for k, v in rows if v is not None and v != ""]
     return ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in kept)]

@@ -205,6 +205,7 @@ def test_hand_given_entries_survive_a_rewrite(checkpoint):
                                         "reproduce": steps})
     assert json.loads((checkpoint / NOTES_NAME).read_text()) == {"license": "cc-by-4.0", "compute time": "3 h",
                                                                  "reproduce": steps}  # not the repo: that is per push
+    assert "| compute time | 3 h |" in model_card(checkpoint)  # the text of the card includes them too
     text = write_model_card(checkpoint, extra={"repo_id": "other/name"}).read_text()
     assert "| compute time | 3 h |" in text and f"```bash\n{steps}\n```" in text
     assert front_matter(text)["license"] == "cc-by-4.0" and 'ddpm.load("other/name")' in text
