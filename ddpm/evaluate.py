@@ -358,6 +358,53 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     }
 
 
+def seed_summary(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of reports of the same settings at several evaluation seeds, side by side: for every setting, the
+    accuracy and FD / floor at each seed, their means, the lowest accuracy and the highest FD / floor.
+
+    At N = 1000 one seed's FD ratio moves by half or more between draws (the floor is a draw too), so a setting is
+    judged by how it does on every seed, not on one.
+    """
+    if not reports:
+        raise ValueError("no reports to summarise")
+    keys = [[_setting_key(r) for r in rep["results"]] for rep in reports]
+    if any(k != keys[0] for k in keys):
+        raise ValueError("the reports evaluate different settings; summarise reports of the same settings only")
+    rows = []
+    for i, key in enumerate(keys[0]):
+        acc = [rep["results"][i]["accuracy"] for rep in reports]
+        ratio = [rep["results"][i]["fd_over_floor"] for rep in reports]
+        rows.append({**dict(key), "seeds": [rep["seed"] for rep in reports], "accuracy": acc,
+                     "fd_over_floor": ratio, "accuracy_mean": float(np.mean(acc)),
+                     "fd_over_floor_mean": float(np.mean(ratio)), "accuracy_min": min(acc),
+                     "fd_over_floor_max": max(ratio)})
+    return rows
+
+
+def _setting_key(row: dict[str, Any]) -> tuple:
+    gi = row.get("guidance_interval")
+    return (("sampler", row["sampler"]), ("steps", row["steps"]), ("cfg", row["cfg"]), ("eta", row.get("eta", 0.0)),
+            ("guidance_interval", list(gi) if gi else None), ("precision", row["precision"]),
+            ("spacing", row.get("spacing", 1.0)))
+
+
+def seed_table(summary: Sequence[dict[str, Any]]) -> str:
+    """seed_summary as a markdown table: accuracy / FD over the floor at each seed, then the means."""
+    seeds = summary[0]["seeds"]
+    lines = ["| sampler | steps | spacing | eta | CFG | guidance interval | "
+             + " | ".join(f"seed {s}" for s in seeds) + " | mean | worst |",
+             "|---|---:|---:|---:|---:|---|" + "---|" * (len(seeds) + 2)]
+    for r in summary:
+        gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
+        cells = [f"{a:.1%} / {f:.2f}x" for a, f in zip(r["accuracy"], r["fd_over_floor"])]
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['spacing']:g} | {r['eta']:g} | {r['cfg']:g} | {gi} | "
+                     + " | ".join(cells) + f" | {r['accuracy_mean']:.1%} / {r['fd_over_floor_mean']:.2f}x | "
+                     f"{r['accuracy_min']:.1%} / {r['fd_over_floor_max']:.2f}x |")
+    lines += ["", "Each cell: class accuracy / FD over that seed's own real-data floor. Worst: the lowest accuracy "
+              "and the highest FD / floor over the seeds (not always the same seed)."]
+    return "\n".join(lines)
+
+
 def default_classifier(dataset: str) -> str:
     """checkpoints/<dataset>-classifier; the MNIST family shares one."""
     return "checkpoints/mnist-classifier" if dataset in ("mnist", "mnist-5k") else f"checkpoints/{dataset}-classifier"
@@ -380,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="network precision while sampling")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100, help="images per sampler call")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
                         help="evaluation seed: the samples use noise seeds seed*N .. seed*N+N-1 and the floor its own "
-                             "training subset, so two seeds are independent draws")
+                             "training subset, so two seeds are independent draws; several seeds evaluate every "
+                             "setting on each and end with a table of all of them (--json then writes "
+                             '{"reports": [...], "summary": [...]})')
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
@@ -407,16 +456,25 @@ def main(argv: list[str] | None = None) -> int:
         eta = float(args.eta if args.eta is not None else rec["eta"]) if sampler == "ddim" else 0.0
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=eta, guidance_interval=interval,
                             precision=args.precision, spacing=spacing) for st in steps for w in cfgs]
-        report = run(args.checkpoint, args.classifier or default_classifier(config.dataset), settings,
-                     n_per_class=args.n_per_class, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
+        if len(set(args.seed)) != len(args.seed):
+            raise ValueError(f"--seed lists a seed twice ({args.seed}); give distinct seeds")
+        reports = []
+        for seed in args.seed:
+            reports.append(run(args.checkpoint, args.classifier or default_classifier(config.dataset), settings,
+                               n_per_class=args.n_per_class, seed=seed, batch_size=args.batch_size,
+                               device=args.device, log=lambda s: print(s, file=sys.stderr, flush=True)))
+            print(markdown_table(reports[-1]) + "\n", flush=True)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown_table(report))
+    out: dict[str, Any] = reports[0]
+    if len(reports) > 1:
+        summary = seed_summary(reports)
+        print(seed_table(summary))
+        out = {"reports": reports, "summary": summary}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

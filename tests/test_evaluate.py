@@ -27,6 +27,8 @@ from ddpm.evaluate import (
     main,
     markdown_table,
     nearest_distances,
+    seed_summary,
+    seed_table,
     to_uint8_images,
 )
 from ddpm.model import UNet, preset_config
@@ -403,6 +405,46 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     assert main(common + ["--cfg", "2", "--json", str(tmp_path / "c.json")]) == 0
     row = json.loads((tmp_path / "c.json").read_text())["results"][0]
     assert (row["cfg"], row["guidance_interval"]) == (2.0, None)
+
+
+def test_cli_several_seeds_judges_every_setting_on_each_and_sums_them_up(tiny_checkpoint, tiny_classifier, tmp_path,
+                                                                         capsys):
+    common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2",
+              "--cfg", "1", "3", "--n-per-class", "2", "--batch-size", "20"]
+    assert main(common + ["--seed", "0", "2", "--json", str(tmp_path / "both.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| seed 0 | seed 2 | mean | worst |" in table
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert [r["seed"] for r in both["reports"]] == [0, 2]
+    # each seed's report is what that seed alone gives
+    assert main(common + ["--seed", "2", "--json", str(tmp_path / "two.json")]) == 0
+    alone = json.loads((tmp_path / "two.json").read_text())
+    assert [r["accuracy"] for r in alone["results"]] == [r["accuracy"] for r in both["reports"][1]["results"]]
+    assert [r["fd"] for r in alone["results"]] == pytest.approx([r["fd"] for r in both["reports"][1]["results"]])
+    assert [r["cfg"] for r in both["summary"]] == [1.0, 3.0]
+    for i, row in enumerate(both["summary"]):
+        acc = [rep["results"][i]["accuracy"] for rep in both["reports"]]
+        ratio = [rep["results"][i]["fd_over_floor"] for rep in both["reports"]]
+        assert row["accuracy"] == acc and row["fd_over_floor"] == ratio and row["seeds"] == [0, 2]
+        assert row["accuracy_mean"] == pytest.approx(sum(acc) / 2) and row["accuracy_min"] == min(acc)
+        assert row["fd_over_floor_mean"] == pytest.approx(sum(ratio) / 2) and row["fd_over_floor_max"] == max(ratio)
+        assert f"{row['accuracy_mean']:.1%} / {row['fd_over_floor_mean']:.2f}x" in table
+    assert main(common + ["--seed", "1", "1"]) == 2
+    assert "--seed lists a seed twice" in capsys.readouterr().err
+
+
+def test_seed_summary_refuses_reports_of_other_settings():
+    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": [0.2, 0.8], "precision": "bf16",
+           "accuracy": 0.97, "fd_over_floor": 2.0}
+    a = {"seed": 0, "results": [row]}
+    b = {"seed": 1, "results": [{**row, "cfg": 2.5}]}
+    with pytest.raises(ValueError, match="different settings"):
+        seed_summary([a, b])
+    # rows written before spacing and eta were saved count as even spacing and eta 0
+    (s,) = seed_summary([a, {"seed": 1, "results": [{**row, "spacing": 1.0, "eta": 0.0, "accuracy": 0.95}]}])
+    assert s["accuracy_min"] == 0.95 and s["accuracy_mean"] == pytest.approx(0.96)
+    assert "| ddim | 50 | 1 | 0 | 2 | 0.2..0.8 | 97.0% / 2.00x | 95.0% / 2.00x | 96.0% / 2.00x | 95.0% / 2.00x |" in \
+        seed_table([s])
 
 
 @pytest.mark.parametrize("extra, message", [
