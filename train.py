@@ -4,6 +4,7 @@
     python train.py --out checkpoints/fashion-mnist --resume --steps 40000        # continue a run
     python train.py --out checkpoints/fashion-mnist --resume --steps 45000 --decay-steps 5000   # ...with a cool-down
     python train.py --init-from checkpoints/fashion-mnist --steps 5000 --decay-steps 2000 --out runs/more  # from weights
+    python train.py --init-from checkpoints/fashion-mnist --preset medium --steps 4000 --out runs/grown  # grown to 2 blocks
     torchrun --nproc_per_node 4 train.py ...                                        # data-parallel (see README)
     python train.py ... --push-to-hub user/ddpm-fashion [--private] [--hub-revision BRANCH]  # publish at the end
 """
@@ -66,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add("--init-from", metavar="CHECKPOINT", help="start from the weights of a checkpoint folder or Hub id "
         "user/repo[@rev] with the same network (fine-tuning or continuing a shipped model: a fresh optimizer and "
-        "warm-up, the EMA without its warm-up); step counts start at 0")
+        "warm-up, the EMA without its warm-up), or with fewer residual blocks per level, which is grown to this "
+        "run's network computing the same function (e.g. --preset medium from a small checkpoint); step counts "
+        "start at 0")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     hub = p.add_argument_group("Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")

@@ -36,6 +36,7 @@ from .checkpoint import (
     save_weights,
 )
 from .data import ImageDataset, load_dataset, save_examples, to_model_range
+from .grow import grow
 from .model import ModelConfig, UNet, count_parameters, preset_config
 from .schedule import ScheduleConfig, NoiseSchedule
 
@@ -440,6 +441,12 @@ def train(
               f"device {device}, precision {precision}, {dist_info.world_size} process(es) | global batch "
               f"{global_batch} = {cfg.batch_size} x {dist_info.world_size} process(es) x {cfg.grad_accum} accumulation",
               file=sys.stderr)
+        if init_source is not None:
+            grown = init_source.get("grown_from")
+            print(f"starting from the weights of {init_source['source']}"
+                  + (f", grown from {grown['num_res_blocks']} to {model_cfg.num_res_blocks} residual blocks per level "
+                     f"({grown['parameters']:,} parameters; the same function at the start)" if grown else ""),
+                  file=sys.stderr)
 
     bar = None
     if progress and dist_info.is_main:
@@ -646,19 +653,32 @@ def load_initial_weights(model: nn.Module, source: str, ckpt_cfg: CheckpointConf
 
     folder = resolve_checkpoint(source)
     src = load_config(folder)
-    if src.model != ckpt_cfg.model:
+    # a network with fewer residual blocks per level and otherwise the same is grown to this one (ddpm.grow)
+    growing = (src.model.num_res_blocks < ckpt_cfg.model.num_res_blocks
+               and replace(src.model, num_res_blocks=ckpt_cfg.model.num_res_blocks) == ckpt_cfg.model)
+    if src.model != ckpt_cfg.model and not growing:
         raise ValueError(f"cannot start from {source!r}: its network ({src.model.to_dict()}) differs from this run's "
-                         f"({ckpt_cfg.model.to_dict()}); use the same --preset, dataset and image size")
+                         f"({ckpt_cfg.model.to_dict()}); use the same --preset, dataset and image size (a network "
+                         "that differs only in having fewer residual blocks per level is grown to this one)")
     if src.schedule != ckpt_cfg.schedule:
         raise ValueError(f"cannot start from {source!r}: it was trained with the {src.schedule.name} schedule, "
                          f"T = {src.schedule.timesteps}; this run uses {ckpt_cfg.schedule.name}, T = "
                          f"{ckpt_cfg.schedule.timesteps} (set --schedule and --timesteps to match)")
-    model.load_state_dict(read_weights(folder, model, f"the model of {source!r}"))
+    if growing:
+        small = UNet(src.model)
+        small.load_state_dict(read_weights(folder, small, f"the model of {source!r}"))
+        model.load_state_dict(grow(small, ckpt_cfg.model.num_res_blocks).state_dict())
+    else:
+        model.load_state_dict(read_weights(folder, model, f"the model of {source!r}"))
     tr = src.training
     before = tr.get("init_from") or {}
     total = lambda key: (tr.get(key) or 0) + (before.get(key) or 0) if tr.get(key) is not None else None  # noqa: E731
-    return {"source": str(source), "steps": total("steps"), "images_seen": total("images_seen"),
+    info = {"source": str(source), "steps": total("steps"), "images_seen": total("images_seen"),
             "wall_time_s": total("wall_time_s")}
+    if growing:
+        info["grown_from"] = {"num_res_blocks": src.model.num_res_blocks,
+                              "parameters": sum(p.numel() for p in small.parameters())}
+    return info
 
 
 def has_training_state(out: str | Path) -> bool:

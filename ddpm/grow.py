@@ -1,0 +1,94 @@
+"""Grow a trained UNet to more residual blocks per level without changing what it computes.
+
+A network with n blocks per level becomes one with m > n (the `small` preset -> `medium`: 1 -> 2) whose output is
+the same for every input, so training the larger network starts where the smaller one finished instead of from
+noise (function-preserving growth, as in Net2Net, Chen et al. 2016). It works because every block of this UNet is
+residual with its last layer zero-initialised (ResBlock.conv2, Attention.proj):
+
+- down path: blocks 0..n-1 of each level are the trained ones; blocks n..m-1 are new, with in = out channels, and
+  start as the identity. Their outputs are pushed as skips, so the up path sees the last trained block's output
+  m - n more times.
+- up path (m + 1 blocks per level, n + 1 before): block 0 is the trained block 0 (its skip is the last down block,
+  whose value is unchanged); blocks 1..m-n are new and consume those repeated skips: a new block's input is
+  cat(h, skip) and its 1x1 shortcut starts as [I | 0] (pass h, ignore the skip), its residual branch as zero;
+  the remaining n blocks are the trained blocks 1..n, fed the same skips as before.
+- stem, embeddings, middle and output layers are copied.
+
+The new layers' other weights keep their random initialisation, so gradients reach them from the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .model import ResAttn, ResBlock, UNet
+
+
+def _level_blocks(layers: nn.ModuleList, per_level: int, levels: int) -> list[list[int]]:
+    """Indices into `layers` of each level's blocks (down: top level first; up: bottom level first)."""
+    out, i = [], 0
+    for level in range(levels):
+        out.append(list(range(i, i + per_level)))
+        i += per_level + (1 if level != levels - 1 else 0)  # the down- or up-sampling layer between levels
+    assert i == len(layers), "unexpected UNet layout"
+    return out
+
+
+def _copy(dst: nn.Module, src: nn.Module) -> None:
+    dst.load_state_dict(src.state_dict())
+
+
+def _pass_through(block: nn.Module) -> None:
+    """A new up block: output = h for input cat(h, skip) (residual branch zero, shortcut [I | 0])."""
+    res = block.res if isinstance(block, ResAttn) else block
+    assert isinstance(res, ResBlock) and isinstance(res.skip, nn.Conv2d)
+    out_ch, in_ch = res.skip.weight.shape[:2]
+    with torch.no_grad():
+        w = torch.zeros(out_ch, in_ch, 1, 1)
+        w[:, :out_ch, 0, 0] = torch.eye(out_ch)
+        res.skip.weight.copy_(w)
+        res.skip.bias.zero_()
+        res.conv2.weight.zero_()
+        res.conv2.bias.zero_()
+        if isinstance(block, ResAttn):
+            block.attn.proj.weight.zero_()
+            block.attn.proj.bias.zero_()
+
+
+def grow(model: UNet, num_res_blocks: int, *, seed: int = 0) -> UNet:
+    """A UNet like `model` with `num_res_blocks` blocks per level (more than it has) computing the same function.
+
+    Raises ValueError if num_res_blocks is not larger. The returned model is in train mode, fp32, on the CPU.
+    """
+    c = model.config
+    n, m = c.num_res_blocks, num_res_blocks
+    if m <= n:
+        raise ValueError(f"can only grow to more residual blocks per level: the model has {n}, asked for {m}")
+    torch.manual_seed(seed)  # the new layers' random weights
+    big = UNet(replace(c, num_res_blocks=m))
+    small = model.float().cpu()
+    for name in ("time_mlp", "label_emb", "stem", "mid", "out"):
+        if getattr(small, name) is not None:
+            _copy(getattr(big, name), getattr(small, name))
+    levels = len(c.channel_mult)
+    # down path: trained blocks first; the new ones (identity at start) after them
+    for src_idx, dst_idx in zip(_level_blocks(small.down, n, levels),
+                                _level_blocks(big.down, m, levels)):
+        for s, d in zip(src_idx, dst_idx[:n]):
+            _copy(big.down[d], small.down[s])
+    for level in range(levels - 1):  # down-sampling convs follow each level's blocks
+        _copy(big.down[(level + 1) * (m + 1) - 1], small.down[(level + 1) * (n + 1) - 1])
+    # up path: trained block 0, then m - n pass-through blocks, then trained blocks 1..n
+    for src_idx, dst_idx in zip(_level_blocks(small.up, n + 1, levels),
+                                _level_blocks(big.up, m + 1, levels)):
+        _copy(big.up[dst_idx[0]], small.up[src_idx[0]])
+        for d in dst_idx[1:m - n + 1]:
+            _pass_through(big.up[d])
+        for s, d in zip(src_idx[1:], dst_idx[m - n + 1:]):
+            _copy(big.up[d], small.up[s])
+    for level in range(levels - 1):  # up-sampling layers follow each level's blocks
+        _copy(big.up[(level + 1) * (m + 2) - 1], small.up[(level + 1) * (n + 2) - 1])
+    return big
