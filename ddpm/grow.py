@@ -61,15 +61,17 @@ def _pass_through(block: nn.Module) -> None:
 def grow(model: UNet, num_res_blocks: int, *, seed: int = 0) -> UNet:
     """A UNet like `model` with `num_res_blocks` blocks per level (more than it has) computing the same function.
 
-    Raises ValueError if num_res_blocks is not larger. The returned model is in train mode, fp32, on the CPU.
+    Raises ValueError if num_res_blocks is not larger. The returned model is in train mode, fp32, on the CPU; the new
+    layers' random weights come from `seed` (the global RNG is left as it was); `model` is not changed.
     """
     c = model.config
     n, m = c.num_res_blocks, num_res_blocks
     if m <= n:
         raise ValueError(f"can only grow to more residual blocks per level: the model has {n}, asked for {m}")
-    torch.manual_seed(seed)  # the new layers' random weights
-    big = UNet(replace(c, num_res_blocks=m))
-    small = model.float().cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        big = UNet(replace(c, num_res_blocks=m))
+    small = model
     for name in ("time_mlp", "label_emb", "stem", "mid", "out"):
         if getattr(small, name) is not None:
             _copy(getattr(big, name), getattr(small, name))

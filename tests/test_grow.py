@@ -91,3 +91,19 @@ def test_train_init_from_a_network_with_fewer_blocks_grows_it(tmp_path, syntheti
     with pytest.raises(ValueError, match="fewer residual blocks per level is grown"):
         train(tiny_train_config_factory(tmp_path / "x", steps=1, preset="mini", init_from=str(small_run), **kw),
               dataset=synthetic_dataset, progress=False)
+
+
+def test_growing_leaves_the_source_and_the_global_rng_alone():
+    config, _ = CONFIGS[0]
+    small = _trained_looking(config).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = grow(small, 2, seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, before[k]) for k, v in small.state_dict().items())
+    assert all(p.dtype == torch.float32 for p in a.parameters())
+    b, c = grow(small, 2, seed=7), grow(small, 2, seed=8)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
