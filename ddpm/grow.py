@@ -71,26 +71,23 @@ def grow(model: UNet, num_res_blocks: int, *, seed: int = 0) -> UNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         big = UNet(replace(c, num_res_blocks=m))
-    small = model
     for name in ("time_mlp", "label_emb", "stem", "mid", "out"):
-        if getattr(small, name) is not None:
-            _copy(getattr(big, name), getattr(small, name))
+        if getattr(model, name) is not None:
+            _copy(getattr(big, name), getattr(model, name))
     levels = len(c.channel_mult)
-    # down path: trained blocks first; the new ones (identity at start) after them
-    for src_idx, dst_idx in zip(_level_blocks(small.down, n, levels),
-                                _level_blocks(big.down, m, levels)):
-        for s, d in zip(src_idx, dst_idx[:n]):
-            _copy(big.down[d], small.down[s])
-    for level in range(levels - 1):  # down-sampling convs follow each level's blocks
-        _copy(big.down[(level + 1) * (m + 1) - 1], small.down[(level + 1) * (n + 1) - 1])
-    # up path: trained block 0, then m - n pass-through blocks, then trained blocks 1..n
-    for src_idx, dst_idx in zip(_level_blocks(small.up, n + 1, levels),
-                                _level_blocks(big.up, m + 1, levels)):
-        _copy(big.up[dst_idx[0]], small.up[src_idx[0]])
-        for d in dst_idx[1:m - n + 1]:
+    down = zip(_level_blocks(model.down, n, levels), _level_blocks(big.down, m, levels))
+    up = zip(_level_blocks(model.up, n + 1, levels), _level_blocks(big.up, m + 1, levels))
+    for level, (src, dst) in enumerate(down):
+        for s, d in zip(src, dst[:n]):  # trained blocks first; the new ones (identity at start) after them
+            _copy(big.down[d], model.down[s])
+        if level != levels - 1:  # the down-sampling conv after the level's blocks
+            _copy(big.down[dst[-1] + 1], model.down[src[-1] + 1])
+    for level, (src, dst) in enumerate(up):
+        _copy(big.up[dst[0]], model.up[src[0]])  # trained block 0, m - n pass-through blocks, trained blocks 1..n
+        for d in dst[1:m - n + 1]:
             _pass_through(big.up[d])
-        for s, d in zip(src_idx[1:], dst_idx[m - n + 1:]):
-            _copy(big.up[d], small.up[s])
-    for level in range(levels - 1):  # up-sampling layers follow each level's blocks
-        _copy(big.up[(level + 1) * (m + 2) - 1], small.up[(level + 1) * (n + 2) - 1])
+        for s, d in zip(src[1:], dst[m - n + 1:]):
+            _copy(big.up[d], model.up[s])
+        if level != levels - 1:  # the up-sampling layer after the level's blocks
+            _copy(big.up[dst[-1] + 1], model.up[src[-1] + 1])
     return big

@@ -677,7 +677,7 @@ def load_initial_weights(model: nn.Module, source: str, ckpt_cfg: CheckpointConf
             "wall_time_s": total("wall_time_s")}
     if growing:
         info["grown_from"] = {"num_res_blocks": src.model.num_res_blocks,
-                              "parameters": sum(p.numel() for p in small.parameters())}
+                              "parameters": count_parameters(small)}
     return info
 
 
