@@ -16,6 +16,8 @@ prediction eps(x, c) elsewhere. With eps_c = eps(x, c), eps_u = eps(x, null), D 
     auto:W[:WCFG[:LO:HI]]
                       autoguidance (Karras et al. 2024) by a weaker model G (--guide, e.g. an earlier checkpoint of the
                       same run): eps_G(x, c) + W (eps_c - eps_G(x, c)) at every step, plus (WCFG - 1) D in [LO, HI]
+    lowpass:W[:SIGMA] CFG with D blurred by a Gaussian of SIGMA pixels (default 1.5): guidance moves the class's
+                      shape, not the fine detail that carries the within-class variety (an experiment of this project)
     autou:W           CFG whose unconditional branch comes from G: eps_G(x, null) + W (eps_c - eps_G(x, null))
 
 Every variant samples with DDIM 50 (--steps), bf16, seeds 0..N-1 as `python -m ddpm.evaluate` does, so a cfg row
@@ -41,7 +43,7 @@ from ddpm.classifier import load_classifier  # noqa: E402
 from ddpm.evaluate import Setting, build_reference, default_classifier, evaluate_setting  # noqa: E402
 from ddpm.pipeline import load  # noqa: E402
 
-VARIANTS = ("cfg", "apg", "rescale", "auto", "autou")
+VARIANTS = ("cfg", "apg", "rescale", "lowpass", "auto", "autou")
 
 
 def parse_variant(spec: str) -> dict:
@@ -51,11 +53,24 @@ def parse_variant(spec: str) -> dict:
     if name not in VARIANTS or len(parts) not in (2, 3, 5):
         raise ValueError(f"bad variant {spec!r}: use NAME:W[:PARAM[:LO:HI]] with NAME one of {', '.join(VARIANTS)}")
     nums = [float(p) for p in parts[1:]]
-    default_param = {"apg": 0.0, "rescale": 0.7, "auto": 1.0}.get(name, 0.0)
+    default_param = {"apg": 0.0, "rescale": 0.7, "lowpass": 1.5, "auto": 1.0}.get(name, 0.0)
     lo, hi = (nums[2], nums[3]) if len(nums) == 4 else (0.0, 1.0)
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"bad interval in {spec!r}: need 0 <= LO <= HI <= 1")
     return {"name": name, "w": nums[0], "param": nums[1] if len(nums) > 1 else default_param, "interval": (lo, hi)}
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x (B, C, H, W) blurred per channel by a separable Gaussian of std sigma pixels (radius 3 sigma, reflect)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(3 * sigma + 0.5))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None, precision: str = "bf16"):
@@ -86,6 +101,8 @@ def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None, precis
             d = c - u
             if name == "cfg":
                 return c + (w - 1.0) * d
+            if name == "lowpass":
+                return c + (w - 1.0) * gaussian_blur(d, param)
             if name == "apg":
                 v_dir = schedule.x0_from_eps(x, t, c).clamp(-1, 1).flatten(1)
                 v_dir = v_dir / v_dir.norm(dim=1, keepdim=True).clamp_min(1e-8)
@@ -111,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion-mnist"))
     parser.add_argument("--guide", default=None, help="the weaker model for auto/autou (a checkpoint folder)")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--spacing", type=float, default=1.0, help="time-step spacing power (the default model's: 1.25)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (image i uses seed * N + i)")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
@@ -131,20 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     classifier, _ = load_classifier(str(ROOT / default_classifier(pipe.config.dataset)))
     m = pipe.config.model
     ref = build_reference(classifier, pipe.config.dataset, n_per_class=args.n_per_class, image_size=m.image_size,
-                          channels=m.in_channels)
+                          channels=m.in_channels, seed=args.seed)
     print(f"N = {ref.n}, FD floor {ref.fd_train_floor:.4f}", flush=True)
     original = samplers.guided_eps_fn
     try:
         for spec, v in zip(args.variants, variants):
             samplers.guided_eps_fn = make_eps_fn_factory(v, pipe.schedule, guide)
             # cfg = 2 only makes the sampler call the (replaced) guided path with both branches available
-            row = evaluate_setting(pipe, classifier, ref, Setting(steps=args.steps, cfg=2.0, precision="bf16"),
-                                   n_per_class=args.n_per_class, batch_size=args.batch_size)
+            row = evaluate_setting(pipe, classifier, ref, Setting(steps=args.steps, cfg=2.0, precision="bf16",
+                                                                       spacing=args.spacing),
+                                   n_per_class=args.n_per_class, seed=args.seed, batch_size=args.batch_size)
             print(f"{spec:24s} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.3f} ({row['fd_over_floor']:.2f}x floor)  "
                   f"NN/test {row['nn_over_test']:.2f}  {row['seconds']:.0f} s", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
-                    f.write(json.dumps({"variant": spec, "guide": args.guide, "steps": args.steps, "n": ref.n,
+                    f.write(json.dumps({"variant": spec, "guide": args.guide, "steps": args.steps, "spacing": args.spacing,
+                                        "seed": args.seed, "n": ref.n,
                                         "fd_floor": ref.fd_train_floor,
                                         **{k: row[k] for k in ("accuracy", "fd", "fd_over_floor", "nn_over_test",
                                                                "per_class_accuracy", "seconds")}}) + "\n")

@@ -94,3 +94,29 @@ def test_autoguidance_closed_forms(setup):
     torch.testing.assert_close(eps_of(s, "auto:2:3:0:1"),
                                s["g"] + 2 * (s["c"] - s["g"]) + 2 * (s["c"] - s["u"]), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(eps_of(s, "autou:1.5"), s["gu"] + 1.5 * (s["c"] - s["gu"]), atol=1e-5, rtol=1e-4)
+
+
+def test_gaussian_blur_closed_forms():
+    impulse = torch.zeros(1, 1, 21, 21)
+    impulse[0, 0, 10, 10] = 1.0
+    out = gv.gaussian_blur(impulse, 1.5)
+    assert abs(out.sum().item() - 1.0) < 1e-5  # mass kept (the impulse is far from the border)
+    x = torch.arange(-3, 4, dtype=torch.float32)
+    row = torch.exp(-0.5 * (x / 1.5) ** 2)
+    row = row / torch.exp(-0.5 * (torch.arange(-5, 6, dtype=torch.float32) / 1.5) ** 2).sum()  # radius 3 sigma -> 5
+    torch.testing.assert_close(out[0, 0, 10, 7:14], row * row[3], atol=1e-6, rtol=1e-5)  # separable product
+    const = torch.full((2, 3, 9, 9), 0.7)
+    torch.testing.assert_close(gv.gaussian_blur(const, 2.0), const)  # reflect padding keeps a constant
+    assert gv.gaussian_blur(impulse, 0.0) is impulse
+
+
+def test_lowpass_guidance_blurs_only_the_guidance_term(setup):
+    s = setup
+    d = s["c"] - s["u"]
+    torch.testing.assert_close(eps_of(s, "lowpass:3:0"), s["c"] + 2.0 * d, atol=1e-5, rtol=1e-4)  # sigma 0: CFG
+    torch.testing.assert_close(eps_of(s, "lowpass:3:1"), s["c"] + 2.0 * gv.gaussian_blur(d, 1.0), atol=1e-5, rtol=1e-4)
+    assert gv.parse_variant("lowpass:2")["param"] == 1.5
+    update = eps_of(s, "lowpass:3:1") - s["c"]
+    # the blurred update has less pixel-to-pixel variation than the plain one
+    tv = lambda z: (z[..., 1:, :] - z[..., :-1, :]).abs().mean() + (z[..., :, 1:] - z[..., :, :-1]).abs().mean()
+    assert tv(update) < 0.8 * tv(2.0 * d)
