@@ -13,15 +13,15 @@ prediction eps(x, c) elsewhere. With eps_c = eps(x, c), eps_u = eps(x, null), D 
                       norm cap); ETA = 0 drops the part that brightens/saturates
     rescale:W[:PHI]   CFG, then the guided x0's per-image std matched to the conditional x0's, mixed PHI : 1 - PHI
                       with the unrescaled one (Lin et al. 2024, sec. 3.4)
+    lowpass:W[:SIGMA] CFG with D blurred by a Gaussian of SIGMA pixels (default 1.5): guidance moves the class's
+                      shape, not the fine detail that carries the within-class variety (an experiment of this project)
     auto:W[:WCFG[:LO:HI]]
                       autoguidance (Karras et al. 2024) by a weaker model G (--guide, e.g. an earlier checkpoint of the
                       same run): eps_G(x, c) + W (eps_c - eps_G(x, c)) at every step, plus (WCFG - 1) D in [LO, HI]
-    lowpass:W[:SIGMA] CFG with D blurred by a Gaussian of SIGMA pixels (default 1.5): guidance moves the class's
-                      shape, not the fine detail that carries the within-class variety (an experiment of this project)
     autou:W           CFG whose unconditional branch comes from G: eps_G(x, null) + W (eps_c - eps_G(x, null))
 
-Every variant samples with DDIM 50 (--steps), bf16, seeds 0..N-1 as `python -m ddpm.evaluate` does, so a cfg row
-reproduces the evaluation table's row. Prints one line per variant; --json appends the rows to a file.
+Every variant samples with DDIM 50 (--steps, --spacing), bf16, image i with noise seed SEED * N + i as
+`python -m ddpm.evaluate --seed SEED` does, so a cfg row reproduces the evaluation table's row. Prints one line per variant; --json appends the rows to a file.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion-mnist"))
     parser.add_argument("--guide", default=None, help="the weaker model for auto/autou (a checkpoint folder)")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--spacing", type=float, default=1.0, help="time-step spacing power (the default model's: 1.25)")
+    parser.add_argument("--spacing", type=float, default=1.0,
+                        help="time-step spacing power (the default model's: 1.25)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (image i uses seed * N + i)")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
@@ -157,15 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         for spec, v in zip(args.variants, variants):
             samplers.guided_eps_fn = make_eps_fn_factory(v, pipe.schedule, guide)
             # cfg = 2 only makes the sampler call the (replaced) guided path with both branches available
-            row = evaluate_setting(pipe, classifier, ref, Setting(steps=args.steps, cfg=2.0, precision="bf16",
-                                                                       spacing=args.spacing),
-                                   n_per_class=args.n_per_class, seed=args.seed, batch_size=args.batch_size)
-            print(f"{spec:24s} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.3f} ({row['fd_over_floor']:.2f}x floor)  "
+            setting = Setting(steps=args.steps, cfg=2.0, precision="bf16", spacing=args.spacing)
+            row = evaluate_setting(pipe, classifier, ref, setting, n_per_class=args.n_per_class, seed=args.seed,
+                                   batch_size=args.batch_size)
+            print(f"{spec:24s} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.3f} ({row['fd_over_floor']:.2f}x floor) "
                   f"NN/test {row['nn_over_test']:.2f}  {row['seconds']:.0f} s", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
-                    f.write(json.dumps({"variant": spec, "guide": args.guide, "steps": args.steps, "spacing": args.spacing,
-                                        "seed": args.seed, "n": ref.n,
+                    f.write(json.dumps({"variant": spec, "guide": args.guide, "steps": args.steps,
+                                        "spacing": args.spacing, "seed": args.seed, "n": ref.n,
                                         "fd_floor": ref.fd_train_floor,
                                         **{k: row[k] for k in ("accuracy", "fd", "fd_over_floor", "nn_over_test",
                                                                "per_class_accuracy", "seconds")}}) + "\n")

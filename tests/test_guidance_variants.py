@@ -63,7 +63,7 @@ def test_cfg_variant_is_the_librarys_cfg(setup):
 
 def test_outside_the_interval_every_variant_is_plain_conditional(setup):
     s = setup
-    for variant in ("cfg:3:0:0.2:0.4", "apg:3:0:0.2:0.4", "rescale:3:0.7:0.2:0.4"):
+    for variant in ("cfg:3:0:0.2:0.4", "apg:3:0:0.2:0.4", "rescale:3:0.7:0.2:0.4", "lowpass:3:1:0.2:0.4"):
         torch.testing.assert_close(eps_of(s, variant), s["c"], atol=1e-5, rtol=1e-4)  # t/T = 0.5
 
 
