@@ -441,9 +441,11 @@ def train(
               f"device {device}, precision {precision}, {dist_info.world_size} process(es) | global batch "
               f"{global_batch} = {cfg.batch_size} x {dist_info.world_size} process(es) x {cfg.grad_accum} accumulation",
               file=sys.stderr)
+        if resume:
+            print(f"resuming {out} at step {start_step} of {cfg.steps}", file=sys.stderr)
         if init_source is not None:
             grown = init_source.get("grown_from")
-            print(f"starting from the weights of {init_source['source']}"
+            print(("the run started" if resume else "starting") + f" from the weights of {init_source['source']}"
                   + (f", grown from {grown['num_res_blocks']} to {model_cfg.num_res_blocks} residual blocks per level "
                      f"({grown['parameters']:,} parameters; the same function at the start)" if grown else ""),
                   file=sys.stderr)

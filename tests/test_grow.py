@@ -83,6 +83,12 @@ def test_train_init_from_a_network_with_fewer_blocks_grows_it(tmp_path, syntheti
           dataset=synthetic_dataset, progress=False, on_step=lambda step, loss: losses.append(loss))
     assert f"starting from the weights of {small_run}, grown from 1 to 2 residual blocks per level" in \
         capsys.readouterr().err
+    # resumed, the run says where it picks up, and where it once started from
+    train(tiny_train_config_factory(grown, steps=3, preset="medium", lr=1e-12, init_from=str(small_run), seed=5, **kw),
+          dataset=synthetic_dataset, progress=False, resume=True)
+    err = capsys.readouterr().err
+    assert f"resuming {grown} at step 2 of 3" in err and "starting from" not in err
+    assert f"the run started from the weights of {small_run}, grown from 1 to 2" in err
     cfg = json.loads((grown / "config.json").read_text())
     assert cfg["model"]["num_res_blocks"] == 2
     assert cfg["training"]["init_from"]["grown_from"]["num_res_blocks"] == 1
