@@ -149,6 +149,7 @@ class Setting:
     guidance_interval: tuple[float, float] | None = None
     precision: str = "fp32"
     spacing: float = 1.0  # time-step spacing power (1 = even steps in t)
+    class_cfg: tuple[float, ...] | None = None  # one guidance scale per class, replacing cfg
 
 
 FLOOR_DRAWS = 10  # other random sets of N training images whose FDs show how much the floor itself varies
@@ -213,7 +214,7 @@ def generate(pipe: Pipeline, labels: torch.Tensor, setting: Setting, *, seed: in
         part = labels[start : start + batch_size].tolist()
         x = pipe.sample(part, seed=seed + start, sampler=setting.sampler, steps=setting.steps, cfg=setting.cfg,
                         eta=setting.eta, guidance_interval=setting.guidance_interval, precision=setting.precision,
-                        spacing=setting.spacing)
+                        spacing=setting.spacing, class_cfg=setting.class_cfg)
         out.append(to_uint8_images(x))
         if progress:
             progress(start + len(part), len(labels))
@@ -238,6 +239,7 @@ def evaluate_setting(pipe: Pipeline, classifier: Classifier, reference: Referenc
     return {
         **asdict(setting),
         "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
+        "class_cfg": list(setting.class_cfg) if setting.class_cfg else None,
         "n": len(labels),
         "accuracy": float((pred == labels).float().mean()),
         "per_class_accuracy": {names[c]: float((pred[labels == c] == c).float().mean()) for c in range(k)},
@@ -266,6 +268,13 @@ def check_compatible(pipe: Pipeline, classifier: Classifier, classifier_info: di
         raise ValueError(f"class names differ: model {list(pipe.class_names)}, classifier {names}")
 
 
+def cfg_text(row: dict[str, Any]) -> str:
+    """The CFG cell of a row: its scale w, or "per class: w_0/w_1/..." for per-class scales."""
+    if row.get("class_cfg"):
+        return "per class: " + "/".join(f"{w:g}" for w in row["class_cfg"])
+    return f"{row['cfg']:g}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a markdown table, followed by the reference values. Reports written before the copy
     check existed have no "copies" figures; their table leaves that column out. A "spacing" column appears when
@@ -285,7 +294,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
         optional = (f"{r.get('spacing', 1.0):g} | " if spaced else "") + (f"{r.get('eta', 0.0):g} | " if noisy else "")
-        lines.append(f"| {r['sampler']} | {r['steps']} | {optional}{r['cfg']:g} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
+        lines.append(f"| {r['sampler']} | {r['steps']} | {optional}{cfg_text(r)} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
                      f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
                      + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")
     copy_note = (f"; copies (nearest training image at most 1/3 as far as the second nearest) among those test "
@@ -319,7 +328,8 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     pipe = load(checkpoint, device=device)
     for s in settings:  # fail before the slow part
         pipe.stream([0], seed=0, sampler=s.sampler, steps=s.steps, cfg=s.cfg, eta=s.eta,
-                    guidance_interval=s.guidance_interval, precision=s.precision, spacing=s.spacing)
+                    guidance_interval=s.guidance_interval, precision=s.precision, spacing=s.spacing,
+                    class_cfg=s.class_cfg)
     classifier, info = load_classifier(classifier_dir, device=device)
     check_compatible(pipe, classifier, info)
     m = pipe.config.model
@@ -334,7 +344,8 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     for s in settings:
         row = evaluate_setting(pipe, classifier, ref, s, n_per_class=n_per_class, seed=seed, batch_size=batch_size)
         if log:
-            log(f"{s.sampler} {s.steps} steps (spacing {s.spacing:g}), cfg {s.cfg:g}, interval {s.guidance_interval}: "
+            log(f"{s.sampler} {s.steps} steps (spacing {s.spacing:g}), cfg {cfg_text(asdict(s))}, "
+                f"interval {s.guidance_interval}: "
                 f"accuracy {row['accuracy']:.1%}, FD {row['fd']:.3f} "
                 f"({row['fd_over_floor']:.2f}x floor), NN ratio {row['nn_over_test']:.2f}, copies {row['copies']:.1%}, "
                 f"{row['seconds']:.0f} s")
@@ -385,7 +396,8 @@ def _setting_key(row: dict[str, Any]) -> tuple:
     gi = row.get("guidance_interval")
     return (("sampler", row["sampler"]), ("steps", row["steps"]), ("cfg", row["cfg"]), ("eta", row.get("eta", 0.0)),
             ("guidance_interval", list(gi) if gi else None), ("precision", row["precision"]),
-            ("spacing", row.get("spacing", 1.0)))
+            ("spacing", row.get("spacing", 1.0)),
+            ("class_cfg", list(row["class_cfg"]) if row.get("class_cfg") else None))
 
 
 def seed_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -397,7 +409,7 @@ def seed_table(summary: Sequence[dict[str, Any]]) -> str:
     for r in summary:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
         cells = [f"{a:.1%} / {f:.2f}x" for a, f in zip(r["accuracy"], r["fd_over_floor"])]
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['spacing']:g} | {r['eta']:g} | {r['cfg']:g} | {gi} | "
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['spacing']:g} | {r['eta']:g} | {cfg_text(r)} | {gi} | "
                      + " | ".join(cells) + f" | {r['accuracy_mean']:.1%} / {r['fd_over_floor_mean']:.2f}x | "
                      f"{r['accuracy_min']:.1%} / {r['fd_over_floor_max']:.2f}x |")
     lines += ["", "Each cell: class accuracy / FD over that seed's own real-data floor. Worst: the lowest accuracy "
@@ -418,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default=None, choices=("ddim", "ddpm"), help="default: the checkpoint's recommendation, else ddim")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="one or more step counts (default: 50)")
     parser.add_argument("--cfg", type=float, nargs="+", default=None, help="one or more guidance scales w (default: the checkpoint's, else 3)")
+    parser.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
+                        help="one guidance scale per class (instead of --cfg): class c's images use the c-th")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the checkpoint's, else 0)")
     parser.add_argument("--spacing", type=float, default=None,
                         help="time-step spacing power, 1 = even steps in t (default: the checkpoint's, else 1)")
@@ -448,14 +462,19 @@ def main(argv: list[str] | None = None) -> int:
         rec = config.recommended_sampling()
         sampler = args.sampler or rec["sampler"]
         steps = args.steps or [int(rec["steps"])]
+        if args.cfg and args.class_cfg:
+            raise ValueError("give --cfg or --class-cfg, not both")
         cfgs = args.cfg or [float(rec["cfg"])]
+        class_cfg = tuple(args.class_cfg) if args.class_cfg else None
+        guided = args.cfg is not None or class_cfg is not None
         # no --cfg: the checkpoint's recommendation, w and interval together (what the app runs by default)
-        interval = args.guidance_interval or (rec["guidance_interval"] if args.cfg is None else None)
+        interval = args.guidance_interval or (rec["guidance_interval"] if not guided else None)
         interval = tuple(interval) if interval else None
         spacing = float(args.spacing if args.spacing is not None else rec["spacing"])
         eta = float(args.eta if args.eta is not None else rec["eta"]) if sampler == "ddim" else 0.0
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=eta, guidance_interval=interval,
-                            precision=args.precision, spacing=spacing) for st in steps for w in cfgs]
+                            precision=args.precision, spacing=spacing, class_cfg=class_cfg)
+                    for st in steps for w in (cfgs if class_cfg is None else cfgs[:1])]
         if len(set(args.seed)) != len(args.seed):
             raise ValueError(f"--seed lists a seed twice ({args.seed}); give distinct seeds")
         reports = []

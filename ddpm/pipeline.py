@@ -104,15 +104,23 @@ class Pipeline:
         guidance_interval: tuple[float, float] | None = None,
         precision: str = "fp32",
         spacing: float = 1.0,
+        class_cfg: Sequence[float] | None = None,
     ) -> Iterator[Step]:
         """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names.
 
         spacing: where the `steps` time steps sit, t_i = (T-1) (1 - i/(steps-1))^spacing (1 = evenly in t).
+        class_cfg: one guidance scale per class (index = class index), used instead of cfg: image i is guided
+        with class_cfg[label_i].
         """
         y, count = self._labels(labels, n)
         options = SamplerOptions(sampler=sampler, steps=steps, cfg=cfg, eta=eta, variance=variance, clip_x0=clip_x0,
-                                 guidance_interval=guidance_interval, precision=precision, spacing=spacing)
+                                 guidance_interval=guidance_interval, precision=precision, spacing=spacing,
+                                 class_cfg=tuple(class_cfg) if isinstance(class_cfg, (list, tuple)) else class_cfg)
         options.validate(self.T)  # fail now, not at the first next()
+        if options.class_cfg is not None and (not self.conditional
+                                              or len(options.class_cfg) != self.config.model.num_classes):
+            raise ValueError(f"class_cfg needs one guidance scale per class of a class-conditional model "
+                             f"({self.config.model.num_classes or 0} classes), got {len(options.class_cfg)}")
         check_seed(seed, count)
         return sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=options,
                             null_label=self.config.model.num_classes, image_shape=self.image_shape, device=self.device)

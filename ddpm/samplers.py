@@ -16,8 +16,8 @@ Classifier-free guidance (Ho & Salimans 2022) here is
 
     eps = eps_uncond + w * (eps_cond - eps_uncond)
 
-so w = 0 is unconditional, w = 1 plain conditional, w > 1 guided. The other common convention,
-eps = (1 + w') eps_cond - w' eps_uncond, is the same with w = 1 + w'.
+so w = 0 is unconditional, w = 1 plain conditional, w > 1 guided (`class_cfg` gives each class its own w).
+The other common convention, eps = (1 + w') eps_cond - w' eps_uncond, is the same with w = 1 + w'.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class SamplerOptions:
     guidance_interval: tuple[float, float] | None = None  # apply CFG only for t/T in [lo, hi]; else w = 1
     precision: str = "fp32"  # network precision: "fp32" or "bf16" (autocast)
     spacing: float = 1.0  # kept time steps at t = (T-1) (1 - i/(S-1))^spacing: 1 = even, 2 = quadratic
+    class_cfg: tuple[float, ...] | None = None  # one w per class (index = label); replaces cfg for every image
 
     def validate(self, T: int) -> None:
         if self.sampler not in SAMPLERS:
@@ -82,6 +83,12 @@ class SamplerOptions:
             raise ValueError(f"steps must be an integer in 1..{T}, got {self.steps!r}")
         if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
             raise ValueError(f"cfg (guidance scale) must be a finite number >= 0, got {self.cfg!r}")
+        if self.class_cfg is not None and (
+            not isinstance(self.class_cfg, (tuple, list)) or not self.class_cfg
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                       for w in self.class_cfg)):
+            raise ValueError("class_cfg must be a sequence of finite guidance scales >= 0, one per class, "
+                             f"got {self.class_cfg!r}")
         if not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
         if self.variance not in VARIANCES:
@@ -159,7 +166,7 @@ def guided_eps_fn(
     model: torch.nn.Module,
     labels: torch.Tensor | None,
     *,
-    cfg: float,
+    cfg: float | torch.Tensor,
     null_label: int | None,
     T: int,
     guidance_interval: tuple[float, float] | None = None,
@@ -167,9 +174,14 @@ def guided_eps_fn(
 ) -> EpsFn:
     """The (guided) noise prediction as a function of (x_t, t).
 
-    Conditional and unconditional predictions come from ONE batched forward pass; w = 1 and w = 0
-    (and unconditional models) need only one half, so they skip the other.
+    cfg: one guidance scale w, or a tensor (B,) with one per image. Conditional and unconditional predictions
+    come from ONE batched forward pass; w = 1 and w = 0 (and unconditional models) need only one half, so they
+    skip the other.
     """
+    if isinstance(cfg, torch.Tensor) and labels is not None and cfg.shape != labels.shape:
+        raise ValueError(f"per-image guidance scales need one per label: shape {tuple(cfg.shape)} for "
+                         f"{len(labels)} labels")
+    per_image = isinstance(cfg, torch.Tensor)
     autocast = precision == "bf16"
 
     def net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -179,13 +191,20 @@ def guided_eps_fn(
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if labels is None or null_label is None:
             return net(x, t, None)
-        w = cfg if guided_at(int(t[0]), T, guidance_interval) else 1.0
-        if w == 1.0:
+        if not guided_at(int(t[0]), T, guidance_interval):
             return net(x, t, labels)
+        w = cfg
+        if per_image and bool((w == w[0]).all()):
+            w = float(w[0])  # one scale for the whole batch: the same arithmetic as a plain cfg
+        if not isinstance(w, torch.Tensor):
+            if w == 1.0:
+                return net(x, t, labels)
+            if w == 0.0:
+                return net(x, t, torch.full_like(labels, null_label))
         null = torch.full_like(labels, null_label)
-        if w == 0.0:
-            return net(x, t, null)
         eps_cond, eps_uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        if isinstance(w, torch.Tensor):
+            w = w.to(eps_cond.device, eps_cond.dtype).view(-1, *[1] * (eps_cond.dim() - 1))
         return eps_uncond + w * (eps_cond - eps_uncond)
 
     return eps_fn
@@ -288,8 +307,16 @@ def sample_steps(
     rngs = make_rngs(seed, n)
     x_T = randn_per_image(rngs, image_shape, device)
     y = labels.to(device) if labels is not None else None
+    cfg: float | torch.Tensor = float(options.cfg)
+    if options.class_cfg is not None:
+        if y is None or null_label is None:
+            raise ValueError("class_cfg needs a class-conditional model and labels")
+        if len(options.class_cfg) != null_label:
+            raise ValueError(f"class_cfg needs one guidance scale per class: {null_label} classes, "
+                             f"got {len(options.class_cfg)} scales")
+        cfg = torch.tensor([float(w) for w in options.class_cfg])[y.cpu()]
     eps_fn = guided_eps_fn(
-        model, y, cfg=float(options.cfg), null_label=null_label, T=schedule.T,
+        model, y, cfg=cfg, null_label=null_label, T=schedule.T,
         guidance_interval=options.guidance_interval, precision=options.precision,
     )
     if options.sampler == "ddpm":

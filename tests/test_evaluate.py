@@ -16,6 +16,7 @@ from ddpm.evaluate import (
     FLOOR_DRAW_SEED,
     FLOOR_DRAWS,
     Setting,
+    cfg_text,
     balanced_subset,
     build_reference,
     copy_fraction,
@@ -339,6 +340,31 @@ def test_eta_reaches_the_sampler(tiny_checkpoint):
     assert torch.equal(run(), run(eta=0.0)) and not torch.equal(run(), run(eta=0.5))
 
 
+def test_class_cfg_reaches_the_sampler_and_the_tables(tiny_checkpoint):
+    import ddpm
+
+    pipe = ddpm.load(tiny_checkpoint)
+    k = pipe.config.model.num_classes
+    labels = torch.arange(k)
+    run = lambda **kw: generate(pipe, labels, Setting(steps=4, **kw), seed=0, batch_size=k)  # noqa: E731
+    scales = tuple(1.0 + (c % 2) for c in range(k))  # odd classes at 2, even ones at 1
+    mixed, at1, at2 = run(class_cfg=scales), run(cfg=1.0), run(cfg=2.0)
+    assert torch.equal(mixed[0::2], at1[0::2]) and torch.equal(mixed[1::2], at2[1::2])
+    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": None, "precision": "bf16",
+           "accuracy": 0.97, "fd": 0.4, "fd_over_floor": 2.0, "nn_to_train": 3.8, "nn_over_test": 1.0,
+           "seconds": 1.0, "class_cfg": [1.5, 2.0, 2.5]}
+    assert cfg_text(row) == "per class: 1.5/2/2.5" and cfg_text({**row, "class_cfg": None}) == "2"
+    report = {"reference": {"n": 30, "fd_train_floor": 0.2, "fd_noise_ceiling": 100.0, "accuracy_train_subset": 0.9,
+                            "nn_test_to_train": 3.8}, "results": [row], "seed": 0, "n_per_class": 10,
+              "classifier_test_accuracy": 0.9}
+    assert "| ddim | 50 | per class: 1.5/2/2.5 | - |" in markdown_table(report)
+    # per-class rows are their own setting when seeds are summed up
+    (s,) = seed_summary([report, {**report, "seed": 1}])
+    assert s["class_cfg"] == [1.5, 2.0, 2.5] and "| per class: 1.5/2/2.5 | - |" in seed_table([s])
+    with pytest.raises(ValueError, match="different settings"):
+        seed_summary([report, {"seed": 1, "results": [{**row, "class_cfg": [1.5, 2.0, 3.0]}]}])
+
+
 def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
     out = tmp_path / "eval.json"
     code = main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "3",
@@ -454,6 +480,8 @@ def test_seed_summary_refuses_reports_of_other_settings():
     (["--guidance-interval", "0.8", "0.2"], "guidance_interval"),
     (["--spacing", "5"], "spacing must be a number in 1..4"),
     (["--n-per-class", "1000"], "has only"),
+    (["--class-cfg", "1", "2"], "one guidance scale per class"),
+    (["--cfg", "2", "--class-cfg", "1", "2"], "give --cfg or --class-cfg, not both"),
 ])
 def test_cli_bad_inputs(tiny_checkpoint, tiny_classifier, capsys, extra, message):
     args = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2"]

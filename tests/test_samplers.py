@@ -271,6 +271,58 @@ def test_guidance_interval(random_unet):
     assert not torch.allclose(guided(x, t_in), plain(x, t_in))
 
 
+def test_per_image_scales_guide_each_image_with_its_own_w(random_unet):
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 500)
+    labels, null = torch.tensor([0, 1, 2, 0]), torch.full((4,), 3)
+    w = torch.tensor([0.0, 1.5, 3.0, 1.0])
+    with torch.no_grad():
+        cond, uncond = random_unet(x, t, labels), random_unet(x, t, null)
+    counting = CountingModel(random_unet)
+    eps = guided_eps_fn(counting, labels, cfg=w, null_label=3, T=T)(x, t)
+    torch.testing.assert_close(eps, uncond + w.view(4, 1, 1, 1) * (cond - uncond), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(eps[0], uncond[0], atol=1e-5, rtol=1e-4)  # w = 0: unconditional
+    torch.testing.assert_close(eps[3], cond[3], atol=1e-5, rtol=1e-4)  # w = 1: conditional
+    assert counting.batches == [8]
+    with pytest.raises(ValueError, match="one per label"):
+        guided_eps_fn(random_unet, labels, cfg=w[:3], null_label=3, T=T)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_class_cfg(random_unet, sampler):
+    """class_cfg = (w0, w1, w2): image i is the image a run at cfg = w[label_i] gives it; equal scales = plain cfg."""
+    labels = torch.tensor([0, 1, 2, 1])
+    scales = (1.5, 3.0, 0.0)
+    opts = dict(sampler=sampler, steps=6, guidance_interval=(0.2, 0.8))
+    mixed = run_to_end(_sample(random_unet, n=4, labels=labels, seed=3,
+                               options=SamplerOptions(class_cfg=scales, **opts)))
+    for w in set(scales):
+        alone = run_to_end(_sample(random_unet, n=4, labels=labels, seed=3, options=SamplerOptions(cfg=w, **opts)))
+        mine = torch.tensor([scales[c] == w for c in labels])
+        torch.testing.assert_close(mixed[mine], alone[mine], atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(mixed[~mine], alone[~mine], atol=1e-3)
+    same = run_to_end(_sample(random_unet, n=4, labels=labels, seed=3,
+                              options=SamplerOptions(class_cfg=(2, 2, 2), **opts)))
+    plain = run_to_end(_sample(random_unet, n=4, labels=labels, seed=3, options=SamplerOptions(cfg=2.0, **opts)))
+    assert torch.equal(same, plain)
+
+
+@pytest.mark.parametrize("class_cfg, match", [
+    ((1.0, 2.0), "one guidance scale per class: 3 classes, got 2"),
+    ((1.0, -1.0, 2.0), "finite guidance scales >= 0"),
+    ((1.0, float("nan"), 2.0), "finite guidance scales >= 0"),
+    ((), "finite guidance scales >= 0"),
+])
+def test_bad_class_cfg(random_unet, class_cfg, match):
+    with pytest.raises(ValueError, match=match):
+        list(_sample(random_unet, n=3, labels=torch.tensor([0, 1, 2]), seed=0,
+                     options=SamplerOptions(class_cfg=class_cfg)))
+
+
+def test_class_cfg_needs_labels(random_unet):
+    with pytest.raises(ValueError, match="class_cfg needs a class-conditional model and labels"):
+        list(_sample(random_unet, n=2, labels=None, seed=0, options=SamplerOptions(class_cfg=(1.0, 2.0, 3.0))))
+
+
 def _sample(model, *, n, labels, seed, options, shape=(1, 8, 8), null_label=3):
     return sample_steps(model, NoiseSchedule(ScheduleConfig(name="cosine", timesteps=T)), n=n, labels=labels, seed=seed,
                         options=options, null_label=null_label, image_shape=shape)
