@@ -116,11 +116,7 @@ class Pipeline:
         options = SamplerOptions(sampler=sampler, steps=steps, cfg=cfg, eta=eta, variance=variance, clip_x0=clip_x0,
                                  guidance_interval=guidance_interval, precision=precision, spacing=spacing,
                                  class_cfg=tuple(class_cfg) if isinstance(class_cfg, (list, tuple)) else class_cfg)
-        options.validate(self.T)  # fail now, not at the first next()
-        if options.class_cfg is not None and (not self.conditional
-                                              or len(options.class_cfg) != self.config.model.num_classes):
-            raise ValueError(f"class_cfg needs one guidance scale per class of a class-conditional model "
-                             f"({self.config.model.num_classes or 0} classes), got {len(options.class_cfg)}")
+        options.validate(self.T, num_classes=self.config.model.num_classes)  # fail now, not at the first next()
         check_seed(seed, count)
         return sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=options,
                             null_label=self.config.model.num_classes, image_shape=self.image_shape, device=self.device)

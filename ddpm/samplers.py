@@ -76,7 +76,8 @@ class SamplerOptions:
     spacing: float = 1.0  # kept time steps at t = (T-1) (1 - i/(S-1))^spacing: 1 = even, 2 = quadratic
     class_cfg: tuple[float, ...] | None = None  # one w per class (index = label); replaces cfg for every image
 
-    def validate(self, T: int) -> None:
+    def validate(self, T: int, num_classes: int | None = None) -> None:
+        """Raise ValueError naming what is wrong. num_classes: the model's (None = unconditional), for class_cfg."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= T:
@@ -89,6 +90,11 @@ class SamplerOptions:
                        for w in self.class_cfg)):
             raise ValueError("class_cfg must be a sequence of finite guidance scales >= 0, one per class, "
                              f"got {self.class_cfg!r}")
+        if self.class_cfg is not None and num_classes is None:
+            raise ValueError("class_cfg needs a class-conditional model")
+        if self.class_cfg is not None and len(self.class_cfg) != num_classes:
+            raise ValueError(f"class_cfg needs one guidance scale per class: {num_classes} classes, "
+                             f"got {len(self.class_cfg)} scales")
         if not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
         if self.variance not in VARIANCES:
@@ -178,10 +184,12 @@ def guided_eps_fn(
     come from ONE batched forward pass; w = 1 and w = 0 (and unconditional models) need only one half, so they
     skip the other.
     """
-    if isinstance(cfg, torch.Tensor) and labels is not None and cfg.shape != labels.shape:
-        raise ValueError(f"per-image guidance scales need one per label: shape {tuple(cfg.shape)} for "
-                         f"{len(labels)} labels")
-    per_image = isinstance(cfg, torch.Tensor)
+    if isinstance(cfg, torch.Tensor):
+        if labels is not None and cfg.shape != labels.shape:
+            raise ValueError(f"per-image guidance scales need one per label: shape {tuple(cfg.shape)} for "
+                             f"{len(labels)} labels")
+        # one scale for the whole batch: the same arithmetic (and the same shortcuts) as a plain cfg
+        cfg = float(cfg[0]) if bool((cfg == cfg[0]).all()) else cfg.float().view(-1, 1, 1, 1)
     autocast = precision == "bf16"
 
     def net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -191,20 +199,13 @@ def guided_eps_fn(
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if labels is None or null_label is None:
             return net(x, t, None)
-        if not guided_at(int(t[0]), T, guidance_interval):
+        w = cfg if guided_at(int(t[0]), T, guidance_interval) else 1.0
+        if not isinstance(w, torch.Tensor) and w == 1.0:
             return net(x, t, labels)
-        w = cfg
-        if per_image and bool((w == w[0]).all()):
-            w = float(w[0])  # one scale for the whole batch: the same arithmetic as a plain cfg
-        if not isinstance(w, torch.Tensor):
-            if w == 1.0:
-                return net(x, t, labels)
-            if w == 0.0:
-                return net(x, t, torch.full_like(labels, null_label))
         null = torch.full_like(labels, null_label)
+        if not isinstance(w, torch.Tensor) and w == 0.0:
+            return net(x, t, null)
         eps_cond, eps_uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        if isinstance(w, torch.Tensor):
-            w = w.to(eps_cond.device, eps_cond.dtype).view(-1, *[1] * (eps_cond.dim() - 1))
         return eps_uncond + w * (eps_cond - eps_uncond)
 
     return eps_fn
@@ -300,7 +301,7 @@ def sample_steps(
     device: torch.device | str = "cpu",
 ) -> Iterator[Step]:
     """Sample n images step by step. Image i uses its own generator seeded seed+i (x_T and every step's noise)."""
-    options.validate(schedule.T)
+    options.validate(schedule.T, num_classes=null_label)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     device = torch.device(device)
@@ -309,12 +310,9 @@ def sample_steps(
     y = labels.to(device) if labels is not None else None
     cfg: float | torch.Tensor = float(options.cfg)
     if options.class_cfg is not None:
-        if y is None or null_label is None:
+        if y is None:
             raise ValueError("class_cfg needs a class-conditional model and labels")
-        if len(options.class_cfg) != null_label:
-            raise ValueError(f"class_cfg needs one guidance scale per class: {null_label} classes, "
-                             f"got {len(options.class_cfg)} scales")
-        cfg = torch.tensor([float(w) for w in options.class_cfg])[y.cpu()]
+        cfg = torch.tensor([float(w) for w in options.class_cfg], device=device)[y]
     eps_fn = guided_eps_fn(
         model, y, cfg=cfg, null_label=null_label, T=schedule.T,
         guidance_interval=options.guidance_interval, precision=options.precision,

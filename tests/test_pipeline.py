@@ -88,8 +88,7 @@ def test_labels_are_required_for_a_conditional_model(pipe):
     (dict(sampler="ddpm", steps=50, variance="beta"), r"variance='beta' is only allowed with all 1000 steps"),
     (dict(precision="fp16"), r"unknown precision 'fp16'; choose one of fp32, bf16"),
     (dict(seed=-3), r"seed must be an integer in 0\.\."),
-    (dict(class_cfg=[2.0, 1.0]), r"class_cfg needs one guidance scale per class of a class-conditional model \(3 "
-                                 r"classes\), got 2"),
+    (dict(class_cfg=[2.0, 1.0]), r"class_cfg needs one guidance scale per class: 3 classes, got 2 scales"),
     (dict(class_cfg=[2.0, 2.0, -1.0]), r"class_cfg must be a sequence of finite guidance scales >= 0"),
 ])
 def test_bad_settings_fail_at_call_time(pipe, kwargs, message):
@@ -110,7 +109,7 @@ def test_unconditional_pipeline(tmp_path):
         pipe.sample(labels=[0], steps=4)
     with pytest.raises(ValueError, match="n must be a positive number"):
         pipe.sample(n=0, steps=4)
-    with pytest.raises(ValueError, match=r"class-conditional model \(0 classes\)"):
+    with pytest.raises(ValueError, match=r"class_cfg needs a class-conditional model"):
         pipe.stream(n=2, class_cfg=[2.0])
     with pytest.raises(ValueError, match="unconditional"):
         pipe.label_index(0)
