@@ -46,6 +46,7 @@ from ddpm.studio import (
     label_choices,
     local_checkpoints,
     log_snr_timesteps,
+    parse_label,
     parse_run,
     q_sample_at,
 )
@@ -147,14 +148,24 @@ def _defaults(pipe: Pipeline) -> dict:
     finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     spacing = s["spacing"] if finite(s["spacing"]) else fallback["spacing"]
     eta = s["eta"] if finite(s["eta"]) else fallback["eta"]
+    w = lambda v: float(min(max(v, 0.0), CFG_MAX))  # noqa: E731
+    per_class = tuple(w(v) for v in s["class_cfg"]) if s["class_cfg"] is not None and pipe.conditional else None
     return {
         "eta": float(min(max(eta, 0.0), 1.0)),
         "spacing": float(min(max(spacing, 1.0), MAX_SPACING)),
         "interval": pipe.guidance_interval,
         "steps": int(min(max(steps, 1), pipe.T)),
-        "cfg": float(min(max(cfg, 0.0), CFG_MAX)),
+        "cfg": per_class[0] if per_class else w(cfg),  # the class dropdown starts at class 0
+        "class_cfg": per_class,  # one recommended scale per class (config.json validated it), or None
         "sampler": s["sampler"] if s["sampler"] in ("ddim", "ddpm") else fallback["sampler"],
     }
+
+
+def _cfg_info(d: dict) -> str | None:
+    """The CFG slider's note: where its value comes from when the model recommends a scale per class."""
+    if d["class_cfg"] is None:
+        return None
+    return "this model recommends a scale per class; picking a class sets its scale"
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -256,7 +267,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             model_note: gr.update(value=note, visible=bool(note)),
             model_info: _model_facts(pipe),
             label_dd: gr.update(choices=labels, value=labels[0] if labels else None, visible=cond),
-            cfg_sl: gr.update(value=d["cfg"], visible=cond),
+            cfg_sl: gr.update(value=d["cfg"], visible=cond, info=_cfg_info(d)),
             interval_cb: gr.update(value=d["interval"] is not None, visible=d["interval"] is not None,
                                    label=_interval_label(d["interval"])),
             steps_sl: gr.update(maximum=pipe.T, value=d["steps"]),
@@ -266,6 +277,17 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             explorer: gr.update(visible=cond),
             t_sl: gr.update(maximum=pipe.T - 1, value=min(pipe.T // 4, pipe.T - 1)),
         }
+
+    def class_scale(model, label):
+        """A model that recommends a scale per class: move the CFG slider to the chosen class's scale."""
+        pipe = _checked(registry.get, model)
+        per_class = _defaults(pipe)["class_cfg"]
+        if per_class is None or label in (None, ""):
+            return gr.update()
+        try:
+            return gr.update(value=per_class[parse_label(pipe, label)])
+        except ValueError:  # a typed label that is no class: Generate says so
+            return gr.update()
 
     def example_choices(model):
         names = [name for name, _ in _checked(registry.examples, model)]
@@ -322,7 +344,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                         label_dd = gr.Dropdown(labels0, value=labels0[0] if labels0 else None, label="Class",
                                                visible=pipe0.conditional, allow_custom_value=True)
                         cfg_sl = gr.Slider(0, CFG_MAX, value=d0["cfg"], step=0.25, label="CFG scale (guidance)",
-                                           visible=pipe0.conditional)
+                                           visible=pipe0.conditional, info=_cfg_info(d0))
                         interval_cb = gr.Checkbox(d0["interval"] is not None, label=_interval_label(d0["interval"]),
                                                   visible=d0["interval"] is not None, elem_id="interval",
                                                   info="the model's recommendation: the CFG scale applies only "
@@ -413,6 +435,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         stop_btn.click(lambda: "Stopped.", None, status, cancels=[gen_event, explore_event], queue=False,
                        api_visibility="private")
         dice_btn.click(lambda: secrets.randbelow(SEED_MAX + 1), None, seed_nb, queue=False, api_visibility="private")
+        label_dd.change(class_scale, [model_dd, label_dd], cfg_sl, queue=False, api_visibility="private")
         sampler_rd.change(lambda s: gr.update(visible=s == "ddim"), sampler_rd, eta_sl, queue=False,
                           api_visibility="private")
         scrubber.input(scrub, [scrubber, frames], [live_xt, live_x0, status], api_name="scrub",

@@ -64,7 +64,8 @@ def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
         settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
     else:
         settings = {k: v for k, v in config.recommended_sampling().items()
-                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing") and v is not None}
+                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg")
+                    and v is not None}
         if settings.get("spacing") == 1.0:
             settings.pop("spacing")  # the default: keep the usage line short
         if "guidance_interval" in settings:
@@ -73,6 +74,15 @@ def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
         settings.pop("cfg")
         settings.pop("guidance_interval", None)
     return settings
+
+
+def guidance_text(sampling: dict[str, Any], class_names: tuple[str, ...] | None) -> str:
+    """ "guidance w = 2", or with one scale per class "guidance w per class: T-shirt/top 1.5, Trouser 2, ..."."""
+    per_class = sampling.get("class_cfg")
+    if not per_class:
+        return f"guidance w = {float(sampling['cfg']):g}"
+    names = class_names or tuple(str(c) for c in range(len(per_class)))
+    return "guidance w per class: " + ", ".join(f"{name} {float(w):g}" for name, w in zip(names, per_class))
 
 
 def grid_caption(config: CheckpointConfig) -> str:
@@ -86,7 +96,7 @@ def grid_caption(config: CheckpointConfig) -> str:
     if g.get("spacing", 1.0) != 1.0:
         text += f", time steps spaced with power {float(g['spacing']):g}"
     if "cfg" in g:
-        text += f", guidance w = {float(g['cfg']):g}"
+        text += ", " + guidance_text(g, config.class_names)
         if g.get("guidance_interval"):
             text += " for t/T in {:g}..{:g}".format(*g["guidance_interval"])
     text += ", seed 0" + (" (the recommended settings)" if config.sampling else "")
@@ -171,7 +181,9 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         interval += f", spacing={float(sampling['spacing']):g}" if sampling.get("spacing", 1.0) != 1.0 else ""
         interval += f", eta={eta:g}" if eta else ""
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
-                   f'steps={sampling["steps"]}, cfg={sampling["cfg"]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
+                   f'steps={sampling["steps"]}, cfg={(sampling["class_cfg"] or [sampling["cfg"]])[0]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
+        if sampling.get("class_cfg"):
+            out.append(f"# several classes at once, each at its recommended scale: class_cfg={list(sampling['class_cfg'])}")
     else:
         out.append(f'images = pipe.sample(n=4, sampler="{sampling["sampler"]}", steps={sampling["steps"]}, seed=0)'
                    f'  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
@@ -189,7 +201,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
                     "classifier-free guidance" if conditional else "none (unconditional)"),
         ("noise schedule", f"{s.name}, T = {s.timesteps}"),
         ("recommended sampling", f"{sampling['sampler']}, {sampling['steps']} steps"
-                                 f"{', guidance w = ' + format(float(sampling['cfg']), 'g') if conditional else ''}"
+                                 f"{', ' + guidance_text(sampling, config.class_names) if conditional else ''}"
                                  f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"
                                  f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"
                                  f"{', eta {:g}'.format(eta) if eta else ''}"),

@@ -12,6 +12,7 @@ half-written file. Loading weights never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ STATE_NAME = "training_state.pt"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What sampling uses where config.json's "sampling" is silent: the one fallback for the app, the CLIs and the cards.
 DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior",
-                                    "guidance_interval": None, "spacing": 1.0}
+                                    "guidance_interval": None, "spacing": 1.0, "class_cfg": None}
 
 
 class CheckpointError(ValueError):
@@ -57,6 +58,13 @@ class CheckpointConfig:
                                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in gi)
                                    and 0.0 <= gi[0] <= gi[1] <= 1.0):
             raise CheckpointError(f"sampling.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {gi!r}")
+        per_class = self.sampling.get("class_cfg")
+        if per_class is not None and not (
+                isinstance(per_class, (list, tuple)) and len(per_class) == self.model.num_classes > 0
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                        for w in per_class)):
+            raise CheckpointError(f"sampling.class_cfg must list one guidance scale >= 0 per class "
+                                  f"({self.model.num_classes}), got {per_class!r}")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
             if self.model.num_classes != len(self.class_names):
@@ -67,6 +75,12 @@ class CheckpointConfig:
     def recommended_sampling(self) -> dict[str, Any]:
         """The recommended sampling settings: config.json's "sampling" over DEFAULT_SAMPLING (only those keys)."""
         return {**DEFAULT_SAMPLING, **{k: v for k, v in self.sampling.items() if k in DEFAULT_SAMPLING}}
+
+    def recommended_cfg(self, label: int | None = None) -> float:
+        """The recommended guidance scale w for images of class `label`: its entry of "class_cfg" when the
+        checkpoint recommends one scale per class, else (or for label None) the single "cfg"."""
+        s = self.recommended_sampling()
+        return float(s["class_cfg"][label] if s["class_cfg"] is not None and label is not None else s["cfg"])
 
     def to_dict(self) -> dict[str, Any]:
         from . import __version__

@@ -465,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cfg and args.class_cfg:
             raise ValueError("give --cfg or --class-cfg, not both")
         cfgs = args.cfg or [float(rec["cfg"])]
-        class_cfg = tuple(args.class_cfg) if args.class_cfg else None
-        guided = args.cfg is not None or class_cfg is not None
+        guided = args.cfg is not None or args.class_cfg is not None
+        # no --cfg / --class-cfg: the checkpoint's scales (one per class, if it recommends that)
+        class_cfg = args.class_cfg or (rec["class_cfg"] if not guided else None)
+        class_cfg = tuple(class_cfg) if class_cfg else None
         # no --cfg: the checkpoint's recommendation, w and interval together (what the app runs by default)
         interval = args.guidance_interval or (rec["guidance_interval"] if not guided else None)
         interval = tuple(interval) if interval else None

@@ -1,8 +1,8 @@
 """Turn a training run's folder into a checkpoint folder fit to ship in checkpoints/ or push to the Hub.
 
     python -m ddpm.export runs/fashion-mnist checkpoints/fashion-mnist --dtype fp16 \
-        --sampler ddim --steps 50 --cfg 2 [--guidance-interval 0.2 0.8] [--spacing 1.5] [--evaluation eval.json] \
-        [--card-notes notes.json]
+        --sampler ddim --steps 50 --cfg 2 [--class-cfg W0 W1 ...] [--guidance-interval 0.2 0.8] [--spacing 1.5] \
+        [--evaluation eval.json] [--card-notes notes.json]
 
 A run folder holds what training needs (training_state.pt, log.jsonl, samples/, ...). The exported folder
 holds only what sampling and the model card need:
@@ -31,20 +31,22 @@ from .card import read_card_notes
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
 from .samplers import SamplerOptions
 from .training import TRAIN_CONFIG_NAME
-SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing")
+SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg")
 
 
-def check_sampling(sampling: dict[str, Any], T: int) -> dict[str, Any]:
+def check_sampling(sampling: dict[str, Any], T: int, num_classes: int | None = None) -> dict[str, Any]:
     """The recommended sampling settings, validated like a sampling request; raises ValueError naming the bad one."""
     unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
     if unknown:
         raise ValueError(f"unknown sampling setting(s) {', '.join(unknown)}; allowed: {', '.join(SAMPLING_KEYS)}")
     clean = dict(sampling)
-    if clean.get("guidance_interval") is not None:
-        clean["guidance_interval"] = tuple(float(v) for v in clean["guidance_interval"])
-    SamplerOptions(**clean).validate(T)
-    if clean.get("guidance_interval") is not None:
-        clean["guidance_interval"] = list(clean["guidance_interval"])  # JSON
+    for key in ("guidance_interval", "class_cfg"):
+        if clean.get(key) is not None:
+            clean[key] = tuple(float(v) for v in clean[key])
+    SamplerOptions(**clean).validate(T, num_classes=num_classes)
+    for key in ("guidance_interval", "class_cfg"):
+        if clean.get(key) is not None:
+            clean[key] = list(clean[key])  # JSON
     return clean
 
 
@@ -63,7 +65,8 @@ def export_checkpoint(run: str | Path, dst: str | Path, *, dtype: str = "fp16", 
         raise ValueError(f"export into a different folder than the run itself ({str(run)!r})")
     model, config = load_model(run, load_config(run))  # a CheckpointError for a broken run, before writing
     if sampling is not None:
-        config = replace(config, sampling=check_sampling({**config.sampling, **sampling}, config.schedule.timesteps))
+        sampling = check_sampling({**config.sampling, **sampling}, config.schedule.timesteps, config.model.num_classes)
+        config = replace(config, sampling=sampling)
     report = None
     if evaluation is not None:
         try:
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="recommended sampler")
     p.add_argument("--steps", type=int, default=None, help="recommended number of steps")
     p.add_argument("--cfg", type=float, default=None, help="recommended guidance scale w")
+    p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
+                   help="recommended guidance scale per class (class c's images use the c-th), over --cfg")
     p.add_argument("--eta", type=float, default=None, help="recommended DDIM eta")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="recommended guidance interval: CFG only for t/T in [LO, HI]")

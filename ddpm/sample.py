@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rec = "default: the checkpoint's recommendation, else"
     p.add_argument("--cfg", type=float, default=None,
                    help=f"guidance scale w: 0 unconditional, 1 conditional, >1 guided ({rec} {DEFAULTS['cfg']})")
+    p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
+                   help="one guidance scale per class, instead of --cfg: class c's images use the c-th (default: "
+                        "the checkpoint's per-class recommendation when it has one and --cfg is not given)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help=f"({rec} {DEFAULTS['sampler']})")
     p.add_argument("--steps", type=int, default=None, help=f"denoising steps, 1..T ({rec} {DEFAULTS['steps']})")
     p.add_argument("--eta", type=float, default=None,
@@ -116,10 +119,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     pipe = ddpm.load(args.checkpoint, device=resolve_device(args.device))
     recommended = pipe.config.recommended_sampling()
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
+    if args.cfg is not None and args.class_cfg is not None:
+        raise ValueError("give --cfg or --class-cfg, not both")
+    class_cfg = args.class_cfg or (recommended["class_cfg"] if args.cfg is None and pipe.conditional else None)
     interval = None if args.full_guidance else pick("guidance_interval")
     settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
                     variance=pick("variance"), spacing=float(pick("spacing")), clip_x0=not args.no_clip,
-                    precision=args.precision, seed=args.seed,
+                    precision=args.precision, seed=args.seed, class_cfg=class_cfg,
                     guidance_interval=tuple(interval) if interval is not None and pipe.conditional else None)
     labels, n, nrow = _labels(pipe, args.label, args.n)
 

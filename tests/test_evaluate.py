@@ -433,6 +433,27 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     assert (row["cfg"], row["guidance_interval"]) == (2.0, None)
 
 
+def test_cli_defaults_to_the_checkpoints_per_class_scales(tiny_checkpoint, tiny_classifier, tmp_path):
+    """A checkpoint recommending one w per class is evaluated with them (and its interval); --cfg overrides both."""
+    import dataclasses
+
+    from ddpm.checkpoint import load_config, load_model
+
+    folder = tmp_path / "per-class"
+    model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
+    per_class = [1.0 + c / 2 for c in range(config.model.num_classes)]
+    save_checkpoint(folder, model, dataclasses.replace(config, sampling={"steps": 3, "cfg": 2.5, "class_cfg": per_class,
+                                                                         "guidance_interval": [0.3, 0.9]}))
+    common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
+              "--batch-size", "20"]
+    assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
+    row = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    assert (row["class_cfg"], row["guidance_interval"]) == (per_class, [0.3, 0.9])
+    assert main(common + ["--cfg", "2", "--json", str(tmp_path / "c.json")]) == 0
+    row = json.loads((tmp_path / "c.json").read_text())["results"][0]
+    assert (row["cfg"], row["class_cfg"], row["guidance_interval"]) == (2.0, None, None)
+
+
 def test_cli_several_seeds_judges_every_setting_on_each_and_sums_them_up(tiny_checkpoint, tiny_classifier, tmp_path,
                                                                          capsys):
     common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2",

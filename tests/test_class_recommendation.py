@@ -1,0 +1,114 @@
+"""A checkpoint that recommends one guidance scale per class (config.json "sampling": {"class_cfg": [...]}), as
+the checkpoint format, the export CLI, the sampling and evaluation CLIs, the app and the model card use it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import app
+import ddpm
+from ddpm.card import model_card
+from ddpm.checkpoint import CheckpointError, load_config
+from ddpm.export import main as export_main
+from ddpm.images import to_uint8
+from ddpm.sample import main as sample_main
+
+PER_CLASS = [0.5, 3.0, 1.5]  # Horizontal, Vertical, Square (the tiny model's classes)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def with_sampling(src: Path, dst: Path, sampling: dict) -> Path:
+    folder = Path(shutil.copytree(src, dst))
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = sampling
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def per_class(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    return with_sampling(tiny_checkpoint, tmp_path / "checkpoints" / "per-class", {"cfg": 2.0, "class_cfg": PER_CLASS})
+
+
+def test_the_recommended_scale_of_each_class(per_class: Path, tiny_checkpoint: Path):
+    config = load_config(per_class)
+    assert [config.recommended_cfg(c) for c in range(3)] == PER_CLASS
+    assert config.recommended_cfg(None) == 2.0  # no class: the single scale
+    plain = load_config(tiny_checkpoint)
+    assert plain.recommended_sampling()["class_cfg"] is None and plain.recommended_cfg(1) == plain.recommended_cfg()
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 2.0], [1.0, "2", 3.0],
+                                 [1.0, True, 2.0], [1.0, float("nan"), 2.0], 2.0, []])
+def test_a_bad_per_class_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path, bad):
+    folder = with_sampling(tiny_checkpoint, tmp_path / "bad", {"class_cfg": bad})
+    with pytest.raises(CheckpointError, match=r"sampling.class_cfg must list one guidance scale >= 0 per class \(3\)"):
+        load_config(folder)
+
+
+def test_export_writes_the_per_class_recommendation_and_the_card_states_it(tiny_checkpoint: Path, tmp_path: Path,
+                                                                           capsys):
+    dst = tmp_path / "exported"
+    assert export_main([str(tiny_checkpoint), str(dst), "--cfg", "2", "--class-cfg", *map(str, PER_CLASS)]) == 0
+    sampling = json.loads((dst / "config.json").read_text())["sampling"]
+    assert sampling["class_cfg"] == PER_CLASS and sampling["cfg"] == 2.0
+    card = model_card(dst)
+    assert "guidance w per class: Horizontal 0.5, Vertical 3, Square 1.5" in card
+    assert 'labels=["Horizontal"] * 4' in card and "cfg=0.5" in card  # the usage line guides its class at its scale
+    assert "class_cfg=[0.5, 3.0, 1.5]" in card
+
+    assert export_main([str(tiny_checkpoint), str(tmp_path / "two"), "--class-cfg", "1", "2"]) == 2
+    assert "class_cfg needs one guidance scale per class: 3 classes, got 2 scales" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()  # nothing half-written
+
+
+def test_sample_cli_guides_each_class_at_its_scale_unless_told_otherwise(per_class: Path, tmp_path: Path, capsys):
+    def images(*flags: str) -> np.ndarray:
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        assert sample_main(["--checkpoint", str(per_class), "--label", "all", "--n", "2", "--steps", "8",
+                            "--seed", "4", "--out", str(out), *flags]) == 0
+        return np.load(out)["images"]
+
+    pipe = ddpm.load(per_class)
+    labels = [0, 0, 1, 1, 2, 2]
+    per_image = to_uint8(pipe.sample(labels, seed=4, steps=8, class_cfg=PER_CLASS))
+    assert np.array_equal(images(), per_image)
+    for c, w in enumerate(PER_CLASS):  # the same as running each class alone at its own scale
+        alone = to_uint8(pipe.sample([c, c], seed=4 + 2 * c, steps=8, cfg=w))
+        assert np.array_equal(per_image[2 * c:2 * c + 2], alone)
+    uniform = images("--cfg", "2")
+    assert np.array_equal(uniform, to_uint8(pipe.sample(labels, seed=4, steps=8, cfg=2.0)))
+    assert not np.array_equal(uniform, per_image)
+    assert np.array_equal(images("--class-cfg", "2", "2", "2"), uniform)
+    out = tmp_path / "both.npz"
+    assert sample_main(["--checkpoint", str(per_class), "--cfg", "2", "--class-cfg", "1", "2", "3",
+                        "--out", str(out)]) == 2
+    assert "give --cfg or --class-cfg, not both" in capsys.readouterr().err
+
+
+def test_the_app_moves_the_cfg_slider_to_the_chosen_class(per_class: Path, tiny_checkpoint: Path, tmp_path: Path):
+    import gradio as gr
+
+    def slider(demo: gr.Blocks) -> gr.Slider:
+        return next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label == "CFG scale (guidance)")
+
+    demo = app.build_demo(str(per_class), checkpoints_dir=str(tmp_path / "none"))
+    assert slider(demo).value == PER_CLASS[0] and "scale per class" in slider(demo).info  # the dropdown starts at 0
+
+    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "checkpoints"))
+    assert slider(demo).info is None
+    fns = {f.api_name: f.fn for f in demo.fns.values()}
+    assert "value" not in fns["class_scale"](str(tiny_checkpoint), "1 · Vertical")  # one scale: the person's w stays
+    out = {getattr(k, "label", None): v for k, v in fns["select_model"](str(per_class)).items()}
+    assert out["CFG scale (guidance)"]["value"] == PER_CLASS[0] and "scale per class" in out["CFG scale (guidance)"]["info"]
+    assert fns["class_scale"](str(per_class), "1 · Vertical")["value"] == 3.0
+    assert fns["class_scale"](str(per_class), "Square")["value"] == 1.5
+    assert "value" not in fns["class_scale"](str(per_class), "no such class")  # left alone; Generate names the error
+    out = {getattr(k, "label", None): v for k, v in fns["select_model"](str(tiny_checkpoint)).items()}
+    assert out["CFG scale (guidance)"]["info"] is None
