@@ -7,7 +7,9 @@ levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`, repea
 default is the row that meets the target (accuracy >= 97% and FD <= 2x the real-data floor) with the lowest FD;
 if none does, the row with the lowest FD among those with accuracy >= 97% (the class a person asks for, as close
 to real data as guidance allows), else the most accurate.
---reuse-phase1 takes phase 1 from OUT/phase1.json instead of sampling it again. Phase 2: that default in fp32
+--class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing), and
+`--default per-class` makes it the default whatever the single draw here says (for scales chosen over several draws
+with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json instead of sampling it again. Phase 2: that default in fp32
 (what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it) and at DDIM 20 steps.
 Phase 3: DDPM ancestral with all 1000 steps at the default, at a smaller N (it costs 20x a 50-step row), with its
 own floor.
@@ -25,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.allocator import tune_allocator  # noqa: E402
-from ddpm.evaluate import Setting, markdown_table, run  # noqa: E402
+from ddpm.evaluate import Setting, cfg_text, markdown_table, run  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -42,7 +44,8 @@ def choose(rows: list[dict]) -> dict:
 def setting_of(row: dict, **changes) -> Setting:
     gi = tuple(row["guidance_interval"]) if row["guidance_interval"] else None
     base = dict(sampler=row["sampler"], steps=row["steps"], cfg=row["cfg"], eta=row["eta"], guidance_interval=gi,
-                precision=row["precision"], spacing=row.get("spacing", 1.0))
+                precision=row["precision"], spacing=row.get("spacing", 1.0),
+                class_cfg=tuple(row["class_cfg"]) if row.get("class_cfg") else None)
     return Setting(**{**base, **changes})
 
 
@@ -63,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spacing", type=float, nargs="+", default=[1.0], metavar="P",
                    help="time-step spacing powers (1 = even steps in t): the CFG sweep uses the first, the interval "
                         "rows run at each")
+    p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
+                   help="also a row with one guidance scale per class, guided in the first interval's range")
+    p.add_argument("--default", choices=("rule", "per-class"), default="rule",
+                   help="'rule': the row the target rule picks on this draw; 'per-class': the --class-cfg row")
     args = p.parse_args(argv)
+    if args.default == "per-class" and not args.class_cfg:
+        p.error("--default per-class needs --class-cfg")
     tune_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,25 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     intervals = [((lo, hi), w) for w, lo, hi in args.interval] if args.interval else INTERVALS
     sweep += [Setting(cfg=w, guidance_interval=gi, precision="bf16", spacing=p) for p in args.spacing
               for gi, w in intervals]
+    if args.class_cfg:
+        sweep += [Setting(cfg=intervals[0][1], guidance_interval=intervals[0][0], precision="bf16", spacing=p,
+                          class_cfg=tuple(args.class_cfg)) for p in args.spacing]
     if args.reuse_phase1:
         report = json.loads((out / "phase1.json").read_text())
     else:
         report = run(args.checkpoint, args.classifier, sweep, n_per_class=args.n_per_class,
                      batch_size=args.batch_size, log=log)
         (out / "phase1.json").write_text(json.dumps(report, indent=2) + "\n")
-    best = choose(report["results"])
-    log(f"default: cfg {best['cfg']:g}, interval {best['guidance_interval']}, spacing {best.get('spacing', 1.0):g}")
+    if args.default == "per-class":
+        best = choose([r for r in report["results"] if r.get("class_cfg") == list(args.class_cfg)])
+        rule = "the per-class row (--default per-class: scales chosen over several evaluation draws)"
+    else:
+        best = choose(report["results"])
+        rule = f"lowest FD among rows with accuracy >= {TARGET_ACCURACY:.0%}"
+    log(f"default: cfg {cfg_text(best)}, interval {best['guidance_interval']}, spacing {best.get('spacing', 1.0):g}")
 
     phase2 = ([setting_of(best, precision="fp32")] if args.fp32 else []) + [setting_of(best, steps=20)]
     second = run(args.checkpoint, args.classifier, phase2,
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference
-    report["default"] = {"cfg": best["cfg"], "guidance_interval": best["guidance_interval"],
-                         "spacing": best.get("spacing", 1.0), "eta": best["eta"], "rule":
-                         f"lowest FD among rows with accuracy >= {TARGET_ACCURACY:.0%}"}
+    report["default"] = {"cfg": best["cfg"], "class_cfg": best.get("class_cfg"),
+                         "guidance_interval": best["guidance_interval"], "spacing": best.get("spacing", 1.0),
+                         "eta": best["eta"], "rule": rule}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))
-    print(f"\ndefault: cfg {best['cfg']:g}, guidance interval {best['guidance_interval']}, "
+    print(f"\ndefault: cfg {cfg_text(best)}, guidance interval {best['guidance_interval']}, "
           f"accuracy {best['accuracy']:.1%}, FD {best['fd_over_floor']:.2f}x floor")
 
     if args.ddpm_n_per_class:

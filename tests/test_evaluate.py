@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -519,3 +520,37 @@ def test_cli_missing_or_mismatched_classifier(tiny_checkpoint, tmp_path, capsys)
     assert "10 classes but the classifier has 3" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "no-model"), "--classifier", str(tmp_path / "three")]) == 2
     assert "no-model" in capsys.readouterr().err
+
+
+def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
+    """scripts/evaluate_shipped.py --class-cfg adds the per-class row; --default per-class records it as the default."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_shipped", Path(__file__).parents[1] / "scripts" / "evaluate_shipped.py")
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    shipped.SWEEP = [1.0]  # one row of the plain CFG sweep is enough here
+    from ddpm.checkpoint import load_config
+
+    per_class = [1.0 + c / 4 for c in range(load_config(tiny_checkpoint).model.num_classes)]
+    common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
+              "--batch-size", "20", "--no-fp32", "--ddpm-n-per-class", "0", "--interval", "2", "0.2", "0.8",
+              "--spacing", "1.25", "--class-cfg", *map(str, per_class)]
+    assert shipped.main(common + ["--out", str(tmp_path / "pc"), "--default", "per-class"]) == 0
+    report = json.loads((tmp_path / "pc" / "evaluation.json").read_text())
+    rows = [r for r in report["results"] if r.get("class_cfg")]
+    assert len(rows) == 2 and {r["steps"] for r in rows} == {50, 20}  # phase 1's row and phase 2's 20-step one
+    assert all(r["guidance_interval"] == [0.2, 0.8] and r["spacing"] == 1.25 for r in rows)
+    default = report["default"]
+    assert default["class_cfg"] == per_class and default["guidance_interval"] == [0.2, 0.8]
+    assert "per-class" in default["rule"]
+    assert "default: cfg per class: " in capsys.readouterr().out
+    # the same phase 1 under the rule: the default is whichever row the rule picks, here judged by the rule itself
+    assert shipped.main(common + ["--out", str(tmp_path / "pc"), "--reuse-phase1"]) == 0
+    report = json.loads((tmp_path / "pc" / "evaluation.json").read_text())
+    phase1 = json.loads((tmp_path / "pc" / "phase1.json").read_text())["results"]
+    best = shipped.choose(phase1)
+    assert (report["default"]["cfg"], report["default"]["class_cfg"]) == (best["cfg"], best.get("class_cfg"))
+    assert report["default"]["rule"].startswith("lowest FD")
+    with pytest.raises(SystemExit):
+        shipped.main(["--default", "per-class"])  # needs --class-cfg

@@ -45,12 +45,14 @@ def test_recommended_sampling_is_the_evaluated_default(shipped):
     report = json.loads((folder / "evaluation.json").read_text())
     rec = pipe.config.sampling
     assert report["default"]["cfg"] == rec["cfg"]
+    assert report["default"].get("class_cfg") == rec.get("class_cfg")  # one w per class, if recommended
     assert report["default"]["guidance_interval"] == rec.get("guidance_interval")
     assert report["default"].get("spacing", 1.0) == rec.get("spacing", 1.0)
     assert report["default"].get("eta", 0.0) == rec.get("eta", 0.0)
     rows = [r for r in report["results"] if r["sampler"] == rec["sampler"] and r["steps"] == rec["steps"]
             and r["cfg"] == rec["cfg"] and r["guidance_interval"] == rec.get("guidance_interval")
-            and r.get("spacing", 1.0) == rec.get("spacing", 1.0) and r["eta"] == rec.get("eta", 0.0)]
+            and r.get("spacing", 1.0) == rec.get("spacing", 1.0) and r["eta"] == rec.get("eta", 0.0)
+            and r.get("class_cfg") == rec.get("class_cfg")]
     assert len(rows) == 1
     assert rows[0]["accuracy"] >= 0.97  # the accuracy half of the target, as measured
     assert report["checkpoint_steps"] == pipe.config.training["steps"]  # measured on these weights
@@ -68,7 +70,7 @@ def test_samples_are_the_requested_classes(shipped):
     labels = torch.arange(10).repeat_interleave(2)
     x = pipe.sample(labels.tolist(), sampler="ddim", steps=20, cfg=rec["cfg"],
                     guidance_interval=rec.get("guidance_interval"), spacing=rec.get("spacing", 1.0),
-                    eta=rec.get("eta", 0.0), seed=0)
+                    eta=rec.get("eta", 0.0), class_cfg=rec.get("class_cfg"), seed=0)
     assert x.shape == (20, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     pred, _ = predict(classifier, to_uint8_images(x))
     assert (pred == labels).float().mean() >= 0.8
