@@ -103,3 +103,21 @@ def tiny_train_config_factory():
 def synthetic_dataset_factory():
     """make_synthetic_dataset as a fixture: factory(n=256, size=12, seed=0) -> ImageDataset."""
     return make_synthetic_dataset
+
+
+def copy_with_sampling(src: Path, dst: Path, sampling: dict) -> Path:
+    """A copy of checkpoint folder src at dst whose config.json recommends `sampling` (its "sampling" key)."""
+    import json
+    import shutil
+
+    folder = Path(shutil.copytree(src, dst))
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = sampling
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def with_sampling():
+    """copy_with_sampling as a fixture: with_sampling(src, dst, {"cfg": 2.0, ...}) -> the copied folder."""
+    return copy_with_sampling

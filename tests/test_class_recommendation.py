@@ -4,7 +4,6 @@ the checkpoint format, the export CLI, the sampling and evaluation CLIs, the app
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,8 @@ PER_CLASS = [0.5, 3.0, 1.5]  # Horizontal, Vertical, Square (the tiny model's cl
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def with_sampling(src: Path, dst: Path, sampling: dict) -> Path:
-    folder = Path(shutil.copytree(src, dst))
-    config = json.loads((folder / "config.json").read_text())
-    config["sampling"] = sampling
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 @pytest.fixture
-def per_class(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+def per_class(tiny_checkpoint: Path, tmp_path: Path, with_sampling) -> Path:
     return with_sampling(tiny_checkpoint, tmp_path / "checkpoints" / "per-class", {"cfg": 2.0, "class_cfg": PER_CLASS})
 
 
@@ -46,7 +37,8 @@ def test_the_recommended_scale_of_each_class(per_class: Path, tiny_checkpoint: P
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 2.0], [1.0, "2", 3.0],
                                  [1.0, True, 2.0], [1.0, float("nan"), 2.0], 2.0, []])
-def test_a_bad_per_class_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path, bad):
+def test_a_bad_per_class_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path,
+                                                                       with_sampling, bad):
     folder = with_sampling(tiny_checkpoint, tmp_path / "bad", {"class_cfg": bad})
     with pytest.raises(CheckpointError, match=r"sampling.class_cfg must list one guidance scale >= 0 per class \(3\)"):
         load_config(folder)

@@ -3,8 +3,6 @@ checks, the guidance explorer, the sampling CLI and the model card use it."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +23,8 @@ GOOD = dict(label="1 · Vertical", cfg=4.0, steps=10, seed=2, n_images=1, sample
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def with_sampling(src: Path, dst: Path, sampling: dict) -> Path:
-    folder = Path(shutil.copytree(src, dst))
-    config = json.loads((folder / "config.json").read_text())
-    config["sampling"] = sampling
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 @pytest.fixture
-def recommending(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+def recommending(tiny_checkpoint: Path, tmp_path: Path, with_sampling) -> Path:
     return with_sampling(tiny_checkpoint, tmp_path / "ckpt", {"cfg": 4.0, "guidance_interval": list(INTERVAL)})
 
 
@@ -44,7 +34,7 @@ def test_pipeline_exposes_the_recommendation(recommending: Path, tiny_checkpoint
 
 
 @pytest.mark.parametrize("bad", [[0.7, 0.2], [0.1], [-0.1, 0.5], [0.1, 1.5], ["a", "b"], "0.1..0.5", [True, 1]])
-def test_a_bad_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path, bad):
+def test_a_bad_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path, with_sampling, bad):
     folder = with_sampling(tiny_checkpoint, tmp_path / "bad", {"guidance_interval": bad})
     with pytest.raises(CheckpointError, match=r"guidance_interval must be \[lo, hi\] with 0 <= lo <= hi <= 1"):
         load_config(folder)
