@@ -9,7 +9,7 @@ if none does, the row with the lowest FD among those with accuracy >= 97% (the c
 to real data as guidance allows), else the most accurate.
 --class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing), and
 `--default per-class` makes it the default whatever the single draw here says (for scales chosen over several draws
-with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json instead of sampling it again. Phase 2: that default in fp32
+with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it lacks. Phase 2: that default in fp32
 (what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it) and at DDIM 20 steps.
 Phase 3: DDPM ancestral with all 1000 steps at the default, at a smaller N (it costs 20x a 50-step row), with its
 own floor.
@@ -27,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.allocator import tune_allocator  # noqa: E402
+from ddpm.checkpoint import load_config  # noqa: E402
 from ddpm.evaluate import Setting, cfg_text, markdown_table, run  # noqa: E402
+from ddpm.hub import resolve_checkpoint  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 2's fp32 row of the default (--no-fp32 skips it: it costs ~3x a bf16 row)")
-    p.add_argument("--reuse-phase1", action="store_true", help="take phase 1 from OUT/phase1.json")
+    p.add_argument("--reuse-phase1", action="store_true", help="take phase 1 from OUT/phase1.json, sampling only the rows it lacks")
     p.add_argument("--interval", type=float, nargs=3, action="append", metavar=("W", "LO", "HI"),
                    help="phase 1's interval rows: guidance w for t/T in [LO, HI] (repeatable; default: "
                         + ", ".join(f"{w:g} in {lo:g}..{hi:g}" for (lo, hi), w in INTERVALS) + ")")
@@ -85,11 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.class_cfg:
         sweep += [Setting(cfg=intervals[0][1], guidance_interval=intervals[0][0], precision="bf16", spacing=p,
                           class_cfg=tuple(args.class_cfg)) for p in args.spacing]
-    if args.reuse_phase1:
-        report = json.loads((out / "phase1.json").read_text())
-    else:
-        report = run(args.checkpoint, args.classifier, sweep, n_per_class=args.n_per_class,
-                     batch_size=args.batch_size, log=log)
+    report = json.loads((out / "phase1.json").read_text()) if args.reuse_phase1 else None
+    if report is not None:
+        now = {"checkpoint_steps": load_config(resolve_checkpoint(args.checkpoint)).training.get("steps"),
+               "n_per_class": args.n_per_class}
+        for key, value in now.items():
+            if report.get(key) != value:
+                p.error(f"--reuse-phase1: {out / 'phase1.json'} has {key} {report.get(key)}, this run {value}; "
+                        "drop --reuse-phase1 to sample phase 1 again")
+    missing = [s for s in sweep if report is None or s not in [setting_of(r) for r in report["results"]]]
+    if missing:  # everything, or with --reuse-phase1 the rows phase1.json lacks (same N and seed: same reference)
+        new = run(args.checkpoint, args.classifier, missing, n_per_class=args.n_per_class,
+                  batch_size=args.batch_size, log=log)
+        report = new if report is None else {**report, "results": report["results"] + new["results"]}
         (out / "phase1.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.default == "per-class":
         best = choose([r for r in report["results"] if r.get("class_cfg") == list(args.class_cfg)])

@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
 
+PER_CLASS = [1.0, 3.0, 1.5]  # the tiny model's classes: Horizontal, Vertical, Square
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -46,10 +47,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_checkpoint, tmp_path_factory):
+def app_url(tiny_checkpoint, tmp_path_factory, with_sampling):
     import app
 
-    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path_factory.mktemp("none")))
+    # a model that recommends one guidance scale per class: the slider follows the chosen class
+    folder = with_sampling(tiny_checkpoint, tmp_path_factory.mktemp("ckpt") / "per-class", {"class_cfg": PER_CLASS})
+    demo = app.build_demo(str(folder), checkpoints_dir=str(tmp_path_factory.mktemp("none")))
     port = _free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -75,11 +78,17 @@ def test_generate_in_the_browser(app_url, tmp_path):
             page.goto(app_url)
             expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
 
+            # picking a class moves the CFG slider to that class's recommended scale
+            cfg = page.get_by_label("number input for CFG scale (guidance)")
+            expect(cfg).to_have_value(f"{PER_CLASS[0]:g}")
+            page.get_by_label("Class").click()
+            page.get_by_role("option", name="1 · Vertical").click()
+            expect(cfg).to_have_value(f"{PER_CLASS[1]:g}")
+
             # the controls: sliders through their number boxes, seed, image count, the sampler
             steps = page.get_by_label("number input for Steps")
             steps.fill("300")
             steps.press("Enter")
-            cfg = page.get_by_label("number input for CFG scale (guidance)")
             cfg.fill("2.5")
             cfg.press("Enter")
             page.get_by_label("Seed").fill("7")

@@ -552,5 +552,13 @@ def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, 
     best = shipped.choose(phase1)
     assert (report["default"]["cfg"], report["default"]["class_cfg"]) == (best["cfg"], best.get("class_cfg"))
     assert report["default"]["rule"].startswith("lowest FD")
+    # --reuse-phase1 samples only the rows phase1.json lacks, and only for the same weights and N
+    assert shipped.main(common + ["--interval", "3", "0.2", "0.8", "--out", str(tmp_path / "pc"), "--reuse-phase1"]) == 0
+    grown = json.loads((tmp_path / "pc" / "phase1.json").read_text())["results"]
+    assert grown[:len(phase1)] == phase1 and [(r["cfg"], r["guidance_interval"]) for r in grown[len(phase1):]] == \
+        [(3.0, [0.2, 0.8])]
+    with pytest.raises(SystemExit):
+        shipped.main([*common[:5], "3", *common[6:], "--out", str(tmp_path / "pc"), "--reuse-phase1"])  # N 3, not 2
+    assert "phase1.json has n_per_class 2, this run 3" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         shipped.main(["--default", "per-class"])  # needs --class-cfg
