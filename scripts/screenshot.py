@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import expect, sync_playwright
 
     import app
+    import ddpm
+    from ddpm.studio import parse_label
 
     demo = app.build_demo(args.checkpoint)
     with socket.socket() as s:
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
             page.get_by_label("Class").fill(args.label)
             page.get_by_label("Class").press("Enter")
+            # the CFG slider moves to the class's recommended scale: wait for it, or Generate may send the old one
+            pipe = ddpm.load(args.checkpoint)
+            w = pipe.config.recommended_cfg(parse_label(pipe, args.label) if pipe.conditional else None)
+            expect(page.get_by_label("number input for CFG scale (guidance)")).to_have_value(f"{w:g}")
             page.get_by_label("Seed").fill(args.seed)
             page.get_by_label(args.images, exact=True).check()
             page.get_by_role("button", name="Generate").click()
