@@ -183,7 +183,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
                    f'steps={sampling["steps"]}, cfg={(sampling["class_cfg"] or [sampling["cfg"]])[0]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
         if sampling.get("class_cfg"):
-            out.append(f"# several classes at once, each at its recommended scale: class_cfg={list(sampling['class_cfg'])}")
+            per_class = list(sampling["class_cfg"])
+            out.append(f"# several classes at once, each at its recommended scale: class_cfg={per_class}")
     else:
         out.append(f'images = pipe.sample(n=4, sampler="{sampling["sampler"]}", steps={sampling["steps"]}, seed=0)'
                    f'  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')

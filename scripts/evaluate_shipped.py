@@ -9,7 +9,8 @@ if none does, the row with the lowest FD among those with accuracy >= 97% (the c
 to real data as guidance allows), else the most accurate.
 --class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing), and
 `--default per-class` makes it the default whatever the single draw here says (for scales chosen over several draws
-with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it lacks. Phase 2: that default in fp32
+with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it
+lacks. Phase 2: that default in fp32
 (what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it) and at DDIM 20 steps.
 Phase 3: DDPM ancestral with all 1000 steps at the default, at a smaller N (it costs 20x a 50-step row), with its
 own floor.
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 2's fp32 row of the default (--no-fp32 skips it: it costs ~3x a bf16 row)")
-    p.add_argument("--reuse-phase1", action="store_true", help="take phase 1 from OUT/phase1.json, sampling only the rows it lacks")
+    p.add_argument("--reuse-phase1", action="store_true",
+                   help="take phase 1 from OUT/phase1.json, sampling only the rows it lacks")
     p.add_argument("--interval", type=float, nargs=3, action="append", metavar=("W", "LO", "HI"),
                    help="phase 1's interval rows: guidance w for t/T in [LO, HI] (repeatable; default: "
                         + ", ".join(f"{w:g} in {lo:g}..{hi:g}" for (lo, hi), w in INTERVALS) + ")")
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             if report.get(key) != value:
                 p.error(f"--reuse-phase1: {out / 'phase1.json'} has {key} {report.get(key)}, this run {value}; "
                         "drop --reuse-phase1 to sample phase 1 again")
-    missing = [s for s in sweep if report is None or s not in [setting_of(r) for r in report["results"]]]
+    have = {setting_of(r) for r in report["results"]} if report is not None else set()
+    missing = [s for s in sweep if s not in have]
     if missing:  # everything, or with --reuse-phase1 the rows phase1.json lacks (same N and seed: same reference)
         new = run(args.checkpoint, args.classifier, missing, n_per_class=args.n_per_class,
                   batch_size=args.batch_size, log=log)
