@@ -32,7 +32,7 @@ from ddpm.frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.plots import schedule_plot
-from ddpm.samplers import MAX_SPACING
+from ddpm.samplers import MAX_SPACING, SAMPLERS
 from ddpm.studio import (
     CFG_MAX,
     GUIDANCE_SCALES,
@@ -57,7 +57,7 @@ LIVE_PX = 384  # live x_t / x0_pred images are enlarged to about this width
 QUEUE_SIZE = 16
 RUNS_DIR = Path(tempfile.gettempdir()) / "ddpm-studio-runs"  # PNG / GIF / MP4 of finished runs
 RUN_FILES_TTL_S = 600  # gradio copies them into its own cache at once; ours are removed after this
-SAMPLER_CHOICES = [("DDIM", "ddim"), ("DDPM (ancestral)", "ddpm")]
+SAMPLER_CHOICES = [("DDIM", "ddim"), ("DPM-Solver++(2M)", "dpm++2m"), ("DDPM (ancestral)", "ddpm")]
 
 CSS = """
 .pixelated img, .pixelated video, img.pixelated { image-rendering: pixelated; }
@@ -81,7 +81,9 @@ interval of noise levels: at the noisiest steps, where the outline is decided, a
 and a lot pulls every sample towards the same few shapes; at the cleanest steps it changes little.
 
 **Steps** is the number of network evaluations. The model learned T noise levels; DDIM jumps over most of them
-(about 50 is plenty), DDPM ancestral adds fresh noise at every step and needs more.
+(about 50 is plenty), DDPM ancestral adds fresh noise at every step and needs more. DPM-Solver++(2M) follows the
+same path as DDIM but also uses the previous step's x₀ prediction to take curved steps: the same cost per step,
+closer to where many small steps would land.
 """
 
 FORWARD_EXPLANATION = """
@@ -157,7 +159,7 @@ def _defaults(pipe: Pipeline) -> dict:
         "steps": int(min(max(steps, 1), pipe.T)),
         "cfg": per_class[0] if per_class else w(cfg),  # the class dropdown starts at class 0
         "class_cfg": per_class,  # one recommended scale per class (config.json validated it), or None
-        "sampler": s["sampler"] if s["sampler"] in ("ddim", "ddpm") else fallback["sampler"],
+        "sampler": s["sampler"] if s["sampler"] in SAMPLERS else fallback["sampler"],
     }
 
 

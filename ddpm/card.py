@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import WEIGHTS_NAME, CheckpointConfig, CheckpointError, load_config
+from .samplers import SAMPLER_NAMES
 
 CARD_NAME = "README.md"
 GRID_NAME = "samples.png"
@@ -90,7 +91,7 @@ def grid_caption(config: CheckpointConfig) -> str:
     g = grid_settings(config)
     rows = (f"one row per class ({', '.join(config.class_names or ())})" if config.model.num_classes is not None
             else "uncurated samples")
-    text = f"{rows}; {g['sampler'].upper()}, {g['steps']} steps"
+    text = f"{rows}; {SAMPLER_NAMES.get(g['sampler'], g['sampler'])}, {g['steps']} steps"
     if g.get("eta"):
         text += f", eta {g['eta']:g}"
     if g.get("spacing", 1.0) != 1.0:

@@ -43,6 +43,7 @@ from .allocator import tune_allocator
 from .classifier import Classifier, load_classifier, load_split, predict
 from .data import load_dataset
 from .pipeline import Pipeline
+from .samplers import SAMPLERS
 
 
 # -- the statistics --------------------------------------------------------------------------------
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder (or Hub id)")
     parser.add_argument("--classifier", default=None,
                         help="classifier folder (default: checkpoints/<dataset>-classifier)")
-    parser.add_argument("--sampler", default=None, choices=("ddim", "ddpm"), help="default: the checkpoint's recommendation, else ddim")
+    parser.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the checkpoint's recommendation, else ddim")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="one or more step counts (default: 50)")
     parser.add_argument("--cfg", type=float, nargs="+", default=None, help="one or more guidance scales w (default: the checkpoint's, else 3)")
     parser.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",

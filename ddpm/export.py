@@ -29,7 +29,7 @@ from typing import Any
 
 from .card import read_card_notes
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
-from .samplers import SamplerOptions
+from .samplers import SAMPLERS, SamplerOptions
 from .training import TRAIN_CONFIG_NAME
 SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg")
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="the training run's folder (train.py --out)")
     p.add_argument("dst", help="the folder to write, e.g. checkpoints/fashion-mnist")
     p.add_argument("--dtype", default="fp16", choices=tuple(WEIGHT_DTYPES), help="dtype of the stored weights")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="recommended sampler")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="recommended sampler")
     p.add_argument("--steps", type=int, default=None, help="recommended number of steps")
     p.add_argument("--cfg", type=float, default=None, help="recommended guidance scale w")
     p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",

@@ -20,6 +20,7 @@ import numpy as np
 
 from .allocator import tune_allocator
 from .checkpoint import DEFAULT_SAMPLING as DEFAULTS
+from .samplers import SAMPLERS
 
 GRID_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
                    help="one guidance scale per class, instead of --cfg: class c's images use the c-th (default: "
                         "the checkpoint's per-class recommendation when it has one and --cfg is not given)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help=f"({rec} {DEFAULTS['sampler']})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help=f"({rec} {DEFAULTS['sampler']})")
     p.add_argument("--steps", type=int, default=None, help=f"denoising steps, 1..T ({rec} {DEFAULTS['steps']})")
     p.add_argument("--eta", type=float, default=None,
                    help=f"DDIM noise: 0 deterministic .. 1 DDPM-like ({rec} {DEFAULTS['eta']})")

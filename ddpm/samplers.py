@@ -1,4 +1,4 @@
-"""Samplers: DDPM ancestral (full or respaced) and DDIM, with classifier-free guidance.
+"""Samplers: DDPM ancestral (full or respaced), DDIM and DPM-Solver++(2M), with classifier-free guidance.
 
 Each sampler is a generator that yields a `Step` after every denoising step, so the app, the CLI and
 the tests all run the same loop; `run_to_end` consumes one and returns the final images.
@@ -12,6 +12,9 @@ Notation (code name -> paper name), for a step from time step t to the previous 
     posterior_variance            beta_t (1 - alpha_bar_prev) / (1 - alpha_bar_t)          "beta tilde", eq. 7
     sigma (DDIM)                  eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_prev)
                                                                                             Song et al. eq. 16
+    lambda_t                      log(sqrt(alpha_bar_t) / sqrt(1 - alpha_bar_t)), half the log-SNR  Lu et al. 2022
+    h                             lambda_s - lambda_t > 0, the step in lambda                        (DPM-Solver++)
+
 Classifier-free guidance (Ho & Salimans 2022) here is
 
     eps = eps_uncond + w * (eps_cond - eps_uncond)
@@ -32,8 +35,9 @@ import torch
 
 from .schedule import NoiseSchedule
 
-SamplerName = Literal["ddpm", "ddim"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
+SAMPLER_NAMES: dict[str, str] = {"ddpm": "DDPM ancestral", "ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)"}
 VARIANCES: tuple[str, ...] = ("posterior", "beta")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 MAX_SEED = 2**63 - 1
@@ -65,7 +69,7 @@ class Step:
 class SamplerOptions:
     """Everything that decides a sampling run besides the model, the labels and the seed."""
 
-    sampler: str = "ddim"  # "ddpm" (ancestral) or "ddim"
+    sampler: str = "ddim"  # "ddpm" (ancestral), "ddim" or "dpm++2m" (DPM-Solver++(2M), deterministic)
     steps: int = 50  # number of network evaluations, 1..T; T with "ddpm" is the original chain
     cfg: float = 3.0  # guidance scale w; 0 = unconditional, 1 = conditional
     eta: float = 0.0  # DDIM only: 0 = deterministic, 1 = DDPM-like noise
@@ -288,6 +292,74 @@ def ddim_steps(
         yield Step(i, len(ts), t, x, x0_pred)
 
 
+def dpmpp_2m_steps(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    *,
+    steps: int,
+    clip_x0: bool = True,
+    spacing: float = 1.0,
+) -> Iterator[Step]:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on `steps` kept time steps (timesteps_for): deterministic.
+
+    It solves the same probability-flow ODE as DDIM, written for the data prediction x0_pred. With
+    alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar) and lambda = log(alpha / sigma), a step from t to s is
+
+        x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - exp(-h)) D,     h = lambda_s - lambda_t
+
+    D = x0_pred is DDIM exactly. The other steps extrapolate with the previous step's prediction,
+    D = (1 + 1/(2r)) x0_pred - 1/(2r) x0_pred_prev with r = h_prev / h: second order in h for the same one
+    network call per step as DDIM. The first step has no previous prediction, and the last two use D = x0_pred
+    too ("lower order final"): the step into t = 0 is several times longer in lambda than the one before it
+    (r ~ 0.3-0.4), where the extrapolation would overshoot (with an exact Gaussian eps it cuts the error
+    at 20 steps from 0.2 to 0.007), and the last, into alpha_bar = 1, lands on the prediction.
+    """
+    ts = timesteps_for(schedule.T, steps, spacing)
+    alpha_bar = schedule.alpha_bar.double()
+    x = x_T
+    x0_prev: torch.Tensor | None = None
+    h_prev = 0.0
+    for i, t in enumerate(ts):
+        ab_t = float(alpha_bar[t])
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        x0_pred, _ = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
+        if i + 1 == len(ts):  # into alpha_bar = 1: sigma_s = 0, the step lands on the prediction
+            x = x0_pred
+            yield Step(i, len(ts), t, x, x0_pred)
+            break
+        ab_s = float(alpha_bar[ts[i + 1]])
+        lam_t = 0.5 * math.log(ab_t / (1.0 - ab_t))
+        lam_s = 0.5 * math.log(ab_s / (1.0 - ab_s))
+        h = lam_s - lam_t
+        d = x0_pred
+        if x0_prev is not None and i + 2 < len(ts):
+            r = h_prev / h
+            d = (1.0 + 0.5 / r) * x0_pred - (0.5 / r) * x0_prev
+        x = math.sqrt((1.0 - ab_s) / (1.0 - ab_t)) * x + math.sqrt(ab_s) * (-math.expm1(-h)) * d
+        x0_prev, h_prev = x0_pred, h
+        yield Step(i, len(ts), t, x, x0_pred)
+
+
+def solver_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, rngs: Sequence[torch.Generator],
+                 options: SamplerOptions) -> Iterator[Step]:
+    """The generator of options.sampler (its steps, eta, variance, clipping and spacing) from x_T (B, C, H, W).
+
+    Guidance and precision are eps_fn's business (guided_eps_fn); rngs give the per-step noise of the stochastic
+    samplers, one generator per image.
+    """
+    steps, clip, spacing = int(options.steps), options.clip_x0, float(options.spacing)
+    if options.sampler == "ddpm":
+        return ddpm_steps(eps_fn, schedule, x_T, rngs, steps=steps, variance=options.variance, clip_x0=clip,
+                          spacing=spacing)
+    if options.sampler == "dpm++2m":
+        return dpmpp_2m_steps(eps_fn, schedule, x_T, steps=steps, clip_x0=clip, spacing=spacing)
+    if options.sampler == "ddim":
+        return ddim_steps(eps_fn, schedule, x_T, rngs, steps=steps, eta=float(options.eta), clip_x0=clip,
+                          spacing=spacing)
+    raise ValueError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
 def sample_steps(
     model: torch.nn.Module,
     schedule: NoiseSchedule,
@@ -317,13 +389,7 @@ def sample_steps(
         model, y, cfg=cfg, null_label=null_label, T=schedule.T,
         guidance_interval=options.guidance_interval, precision=options.precision,
     )
-    if options.sampler == "ddpm":
-        inner = ddpm_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), variance=options.variance,
-                           clip_x0=options.clip_x0, spacing=float(options.spacing))
-    else:
-        inner = ddim_steps(eps_fn, schedule, x_T, rngs, steps=int(options.steps), eta=float(options.eta),
-                           clip_x0=options.clip_x0, spacing=float(options.spacing))
-    for step in inner:
+    for step in solver_steps(eps_fn, schedule, x_T, rngs, options):
         x_t = step.x_t.clamp(-1.0, 1.0) if step.is_last else step.x_t  # the final image is clamped
         yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu())
 

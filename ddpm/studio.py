@@ -24,13 +24,14 @@ from .frames import frames_by_log_snr
 from .pipeline import Pipeline, load
 from .samplers import (
     MAX_SPACING,
+    SAMPLER_NAMES,
     SAMPLERS,
+    SamplerOptions,
     check_spacing,
-    ddim_steps,
-    ddpm_steps,
     guided_at,
     randn_per_image,
     run_to_end,
+    solver_steps,
     timesteps_for,
 )
 from .schedule import NoiseSchedule
@@ -140,7 +141,7 @@ class RunSettings:
         return None if self.label is None else [self.label] * self.n_images
 
     def describe(self) -> str:
-        sampler = f"DDIM (eta {self.eta:g})" if self.sampler == "ddim" else "DDPM ancestral"
+        sampler = f"DDIM (eta {self.eta:g})" if self.sampler == "ddim" else SAMPLER_NAMES[self.sampler]
         parts = [f"seed {self.seed}", f"{self.n_images} image{'s' if self.n_images > 1 else ''}",
                  f"{sampler}, {self.steps} steps" + (f" (spacing {self.spacing:g})" if self.spacing != 1.0 else "")]
         if self.label is not None:
@@ -213,11 +214,8 @@ def guidance_sweep(pipe: Pipeline, run: RunSettings, scales: Sequence[float] = G
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + w * (eps_cond - eps_uncond)  # per-row guidance scale
 
-    if run.sampler == "ddpm":
-        steps = ddpm_steps(eps_fn, pipe.schedule, x_T, rngs, steps=run.steps, spacing=run.spacing)
-    else:
-        steps = ddim_steps(eps_fn, pipe.schedule, x_T, rngs, steps=run.steps, eta=run.eta, spacing=run.spacing)
-    return run_to_end(steps).clamp(-1, 1).cpu()
+    options = SamplerOptions(sampler=run.sampler, steps=run.steps, eta=run.eta, spacing=run.spacing)
+    return run_to_end(solver_steps(eps_fn, pipe.schedule, x_T, rngs, options)).clamp(-1, 1).cpu()
 
 
 # -- forward process -------------------------------------------------------------------------------

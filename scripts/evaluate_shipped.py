@@ -7,7 +7,8 @@ levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`, repea
 default is the row that meets the target (accuracy >= 97% and FD <= 2x the real-data floor) with the lowest FD;
 if none does, the row with the lowest FD among those with accuracy >= 97% (the class a person asks for, as close
 to real data as guidance allows), else the most accurate.
---class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing), and
+--class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing, with
+`--sampler`: DDIM, or DPM-Solver++(2M) for the same ODE solved to second order), and
 `--default per-class` makes it the default whatever the single draw here says (for scales chosen over several draws
 with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it
 lacks. Phase 2: that default in fp32
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                         "rows run at each")
     p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
                    help="also a row with one guidance scale per class, guided in the first interval's range")
+    p.add_argument("--sampler", choices=("ddim", "dpm++2m"), default="ddim",
+                   help="sampler of the --class-cfg rows (the sweep and the interval rows are DDIM)")
     p.add_argument("--default", choices=("rule", "per-class"), default="rule",
                    help="'rule': the row the target rule picks on this draw; 'per-class': the --class-cfg row")
     args = p.parse_args(argv)
@@ -87,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep += [Setting(cfg=w, guidance_interval=gi, precision="bf16", spacing=p) for p in args.spacing
               for gi, w in intervals]
     if args.class_cfg:
-        sweep += [Setting(cfg=intervals[0][1], guidance_interval=intervals[0][0], precision="bf16", spacing=p,
-                          class_cfg=tuple(args.class_cfg)) for p in args.spacing]
+        sweep += [Setting(sampler=args.sampler, cfg=intervals[0][1], guidance_interval=intervals[0][0],
+                          precision="bf16", spacing=p, class_cfg=tuple(args.class_cfg)) for p in args.spacing]
     report = json.loads((out / "phase1.json").read_text()) if args.reuse_phase1 else None
     if report is not None:
         now = {"checkpoint_steps": load_config(resolve_checkpoint(args.checkpoint)).training.get("steps"),
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         report = new if report is None else {**report, "results": report["results"] + new["results"]}
         (out / "phase1.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.default == "per-class":
-        best = choose([r for r in report["results"] if r.get("class_cfg") == list(args.class_cfg)])
+        best = choose([r for r in report["results"]
+                       if r.get("class_cfg") == list(args.class_cfg) and r["sampler"] == args.sampler])
         rule = "the per-class row (--default per-class: scales chosen over several evaluation draws)"
     else:
         best = choose(report["results"])
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     second = run(args.checkpoint, args.classifier, phase2,
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference
-    report["default"] = {"cfg": best["cfg"], "class_cfg": best.get("class_cfg"),
+    report["default"] = {"sampler": best["sampler"], "cfg": best["cfg"], "class_cfg": best.get("class_cfg"),
                          "guidance_interval": best["guidance_interval"], "spacing": best.get("spacing", 1.0),
                          "eta": best["eta"], "rule": rule}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -201,6 +201,8 @@ def test_a_model_recommending_a_guidance_interval_gets_the_checkbox_and_uses_it(
      {"sampler": "ddpm", "steps": 40, "cfg": 2.5, "spacing": 1.5, "eta": 0.0}),
     ({"sampler": "ddim", "steps": 30, "cfg": 1.75, "eta": 0.2},
      {"sampler": "ddim", "steps": 30, "cfg": 1.75, "spacing": 1.0, "eta": 0.2}),
+    ({"sampler": "dpm++2m", "steps": 25, "cfg": 2.0, "spacing": 1.25},
+     {"sampler": "dpm++2m", "steps": 25, "cfg": 2.0, "spacing": 1.25, "eta": 0.0}),
     ({}, {"sampler": DEFAULT_SAMPLING["sampler"], "steps": DEFAULT_SAMPLING["steps"], "cfg": DEFAULT_SAMPLING["cfg"],
           "spacing": 1.0, "eta": 0.0}),
     # junk in a hand-edited config.json: the shared fallbacks, or clamped into the controls' ranges

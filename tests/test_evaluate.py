@@ -557,6 +557,13 @@ def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, 
     grown = json.loads((tmp_path / "pc" / "phase1.json").read_text())["results"]
     assert grown[:len(phase1)] == phase1 and [(r["cfg"], r["guidance_interval"]) for r in grown[len(phase1):]] == \
         [(3.0, [0.2, 0.8])]
+    # --sampler: the per-class rows (and so the default, and phase 2's 20-step row) with DPM-Solver++(2M)
+    assert shipped.main(common + ["--out", str(tmp_path / "pc"), "--reuse-phase1", "--default", "per-class",
+                                  "--sampler", "dpm++2m"]) == 0
+    report = json.loads((tmp_path / "pc" / "evaluation.json").read_text())
+    solver = [(r["sampler"], r["steps"]) for r in report["results"] if r.get("class_cfg")]
+    assert solver == [("ddim", 50), ("dpm++2m", 50), ("dpm++2m", 20)]  # the DDIM row stays, for comparison
+    assert report["default"]["class_cfg"] == per_class and report["default"]["sampler"] == "dpm++2m"
     with pytest.raises(SystemExit):
         shipped.main([*common[:5], "3", *common[6:], "--out", str(tmp_path / "pc"), "--reuse-phase1"])  # N 3, not 2
     assert "phase1.json has n_per_class 2, this run 3" in capsys.readouterr().err

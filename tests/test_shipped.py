@@ -44,6 +44,7 @@ def test_recommended_sampling_is_the_evaluated_default(shipped):
     folder, pipe = shipped
     report = json.loads((folder / "evaluation.json").read_text())
     rec = pipe.config.sampling
+    assert report["default"].get("sampler", "ddim") == rec["sampler"]
     assert report["default"]["cfg"] == rec["cfg"]
     assert report["default"].get("class_cfg") == rec.get("class_cfg")  # one w per class, if recommended
     assert report["default"]["guidance_interval"] == rec.get("guidance_interval")
@@ -61,14 +62,14 @@ def test_recommended_sampling_is_the_evaluated_default(shipped):
 
 
 def test_samples_are_the_requested_classes(shipped):
-    """Two images of every class at the recommended guidance (20 DDIM steps to keep it quick), scored by the
+    """Two images of every class at the recommended settings (but 20 steps, to keep it quick), scored by the
     shipped classifier: a model that ignored its label would score ~10%, the evaluation measured >= 97% at 50."""
     folder, pipe = shipped
     classifier, info = load_classifier(ROOT / default_classifier(pipe.config.dataset))
     check_compatible(pipe, classifier, info)
     rec = pipe.config.sampling
     labels = torch.arange(10).repeat_interleave(2)
-    x = pipe.sample(labels.tolist(), sampler="ddim", steps=20, cfg=rec["cfg"],
+    x = pipe.sample(labels.tolist(), sampler=rec["sampler"], steps=20, cfg=rec["cfg"],
                     guidance_interval=rec.get("guidance_interval"), spacing=rec.get("spacing", 1.0),
                     eta=rec.get("eta", 0.0), class_cfg=rec.get("class_cfg"), seed=0)
     assert x.shape == (20, 1, 28, 28) and x.min() >= -1 and x.max() <= 1

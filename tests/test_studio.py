@@ -123,10 +123,11 @@ def test_guidance_sweep_rows_match_single_image_runs(pipe):
     assert not torch.equal(rows[0], rows[5])  # guidance changes the image
 
 
-def test_guidance_sweep_follows_the_spacing(pipe):
-    run = parse_run(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 5, "spacing": 2.0})
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++2m"])
+def test_guidance_sweep_follows_the_sampler_and_spacing(pipe, sampler):
+    run = parse_run(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 5, "spacing": 2.0, "sampler": sampler})
     rows = guidance_sweep(pipe, run, (1.0, 3.0))
-    single = pipe.sample(labels=[1], seed=5, steps=6, cfg=3.0, sampler="ddim", spacing=2.0)
+    single = pipe.sample(labels=[1], seed=5, steps=6, cfg=3.0, sampler=sampler, spacing=2.0)
     assert np.abs(to_uint8(rows[1:]).astype(int) - to_uint8(single).astype(int)).max() <= 2
 
 
