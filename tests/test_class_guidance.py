@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 spec = importlib.util.spec_from_file_location(
     "class_guidance", Path(__file__).parents[1] / "bench" / "class_guidance.py")
@@ -16,7 +17,8 @@ spec.loader.exec_module(cg)
 def test_mix_takes_each_class_from_its_own_row():
     n, k = 3, 4
     rows = {w: (np.full(n * k, w), np.arange(n * k)[:, None] + 100 * w) for w in (1.0, 2.0)}
-    pred, feats = cg.mix(rows, [2.0, 1.0, 1.0, 2.0], n)
+    pred, feats = cg.mix(lambda w, c: (rows[w][0][c * n:(c + 1) * n], rows[w][1][c * n:(c + 1) * n]),
+                         [2.0, 1.0, 1.0, 2.0])
     assert pred.tolist() == [2.0] * 3 + [1.0] * 6 + [2.0] * 3
     # class c keeps its own images (positions c*n..c*n+n-1) whichever row they come from
     assert feats[:, 0].tolist() == [200, 201, 202, 103, 104, 105, 106, 107, 108, 209, 210, 211]
@@ -47,3 +49,18 @@ def test_greedy_path_without_accuracy_gain_takes_the_least_fd():
 
     path = cg.greedy_path(score, 2, [2.0, 1.0])  # ws in any order
     assert [p[0] for p in path] == [[1.0, 1.0], [1.0, 2.0], [2.0, 2.0]]
+
+
+def test_neighbours_move_one_class_one_step():
+    ws = [2.0, 1.5, 2.5]  # any order
+    got = cg.neighbours([1.5, 2.0, 2.5], ws, [0, 1, 2])
+    assert got == [(0, [2.0, 2.0, 2.5]), (1, [1.5, 1.5, 2.5]), (1, [1.5, 2.5, 2.5]), (2, [1.5, 2.0, 2.0])]
+    assert cg.neighbours([1.5, 2.0, 2.5], ws, [1]) == [(1, [1.5, 1.5, 2.5]), (1, [1.5, 2.5, 2.5])]
+
+
+def test_parse_vector_names_what_is_wrong():
+    assert cg.parse_vector([1.5, 2.0], 2, [1.5, 2.0], "--score") == [1.5, 2.0]
+    assert cg.parse_vector(None, 2, [1.5, 2.0], "--score") is None
+    for bad in ([1.5], [1.5, 1.75]):
+        with pytest.raises(ValueError, match=r"--score needs 2 scales, each one of --w \(1.5, 2\)"):
+            cg.parse_vector(bad, 2, [1.5, 2.0], "--score")
