@@ -108,6 +108,7 @@ class Pipeline:
     ) -> Iterator[Step]:
         """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names.
 
+        sampler: "ddim" (eta: its noise), "dpm++2m" (DPM-Solver++(2M), deterministic) or "ddpm" (ancestral).
         spacing: where the `steps` time steps sit, t_i = (T-1) (1 - i/(steps-1))^spacing (1 = evenly in t).
         class_cfg: one guidance scale per class (index = class index), used instead of cfg: image i is guided
         with class_cfg[label_i].
