@@ -38,6 +38,7 @@ from ddpm.evaluate import (  # noqa: E402
     Setting, build_reference, default_classifier, frechet_distance_features, generate,
 )
 from ddpm.pipeline import load  # noqa: E402
+from ddpm.samplers import SAMPLERS  # noqa: E402
 
 Row = tuple[np.ndarray, np.ndarray]  # (pred (N,), features (N, D)) of one evaluation row, sorted by class
 
@@ -104,7 +105,7 @@ def neighbours(scales: Sequence[float], ws: Sequence[float], classes: Sequence[i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion-mnist"))
-    parser.add_argument("--sampler", choices=("ddim", "dpm++2m"), default=None,
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="default: the checkpoint's recommendation")
     parser.add_argument("--tune", type=int, nargs="+", default=[3, 4], help="evaluation seeds the path is chosen on")
     parser.add_argument("--check", type=int, nargs="+", default=[0, 1, 2], help="held-out evaluation seeds")

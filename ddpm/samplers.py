@@ -316,28 +316,23 @@ def dpmpp_2m_steps(
     at 20 steps from 0.2 to 0.007), and the last, into alpha_bar = 1, lands on the prediction.
     """
     ts = timesteps_for(schedule.T, steps, spacing)
-    alpha_bar = schedule.alpha_bar.double()
+    ab = [float(schedule.alpha_bar.double()[t]) for t in ts]
+    lam = [0.5 * math.log(a / (1.0 - a)) for a in ab]
     x = x_T
     x0_prev: torch.Tensor | None = None
-    h_prev = 0.0
     for i, t in enumerate(ts):
-        ab_t = float(alpha_bar[t])
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         x0_pred, _ = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
         if i + 1 == len(ts):  # into alpha_bar = 1: sigma_s = 0, the step lands on the prediction
-            x = x0_pred
-            yield Step(i, len(ts), t, x, x0_pred)
+            yield Step(i, len(ts), t, x0_pred, x0_pred)
             break
-        ab_s = float(alpha_bar[ts[i + 1]])
-        lam_t = 0.5 * math.log(ab_t / (1.0 - ab_t))
-        lam_s = 0.5 * math.log(ab_s / (1.0 - ab_s))
-        h = lam_s - lam_t
+        h = lam[i + 1] - lam[i]
         d = x0_pred
         if x0_prev is not None and i + 2 < len(ts):
-            r = h_prev / h
+            r = (lam[i] - lam[i - 1]) / h
             d = (1.0 + 0.5 / r) * x0_pred - (0.5 / r) * x0_prev
-        x = math.sqrt((1.0 - ab_s) / (1.0 - ab_t)) * x + math.sqrt(ab_s) * (-math.expm1(-h)) * d
-        x0_prev, h_prev = x0_pred, h
+        x = math.sqrt((1.0 - ab[i + 1]) / (1.0 - ab[i])) * x + math.sqrt(ab[i + 1]) * (-math.expm1(-h)) * d
+        x0_prev = x0_pred
         yield Step(i, len(ts), t, x, x0_pred)
 
 

@@ -32,6 +32,7 @@ from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.checkpoint import load_config  # noqa: E402
 from ddpm.evaluate import Setting, cfg_text, markdown_table, run  # noqa: E402
 from ddpm.hub import resolve_checkpoint  # noqa: E402
+from ddpm.samplers import SAMPLERS  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                         "rows run at each")
     p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
                    help="also a row with one guidance scale per class, guided in the first interval's range")
-    p.add_argument("--sampler", choices=("ddim", "dpm++2m"), default="ddim",
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                    help="sampler of the --class-cfg rows (the sweep and the interval rows are DDIM)")
     p.add_argument("--default", choices=("rule", "per-class"), default="rule",
                    help="'rule': the row the target rule picks on this draw; 'per-class': the --class-cfg row")
