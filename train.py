@@ -33,9 +33,9 @@ from ddpm.training import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description="Train a denoising diffusion model (DDPM).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # every default is None so that --resume can tell which flags were given; the real defaults are TrainConfig's
+    # every default is None so that --resume can tell which flags were given; the real defaults are TrainConfig's,
+    # written into each help text (argparse's ArgumentDefaultsHelpFormatter would print "(default: None)")
+    p = argparse.ArgumentParser(description="Train a denoising diffusion model (DDPM).")
     add = lambda flag, **kw: p.add_argument(flag, default=None, **kw)  # noqa: E731
     add("--dataset", help=f"fashion-mnist | mnist | mnist-5k | cifar10 | folder:PATH (default {d.dataset})")
     add("--data-dir", help=f"where torchvision datasets are downloaded (default {d.data_dir})")

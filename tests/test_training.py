@@ -389,3 +389,19 @@ def test_init_from_a_different_network_or_schedule_is_refused(tmp_path, syntheti
         train(tiny_train_config_factory(tmp_path / "c", steps=2, init_from=str(tmp_path / "nowhere")),
               dataset=synthetic_dataset, progress=False)
     assert not (tmp_path / "a" / "model.safetensors").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_help_states_the_real_defaults(capsys):
+    """Every flag's default is None (so --resume can tell which were given): the help must show TrainConfig's."""
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "None" not in out
+    d = training.TrainConfig()
+    for flag, value in (("--steps", d.steps), ("--batch-size", d.batch_size), ("--lr", d.lr),
+                        ("--ema-decay", d.ema_decay), ("--preset", d.preset)):
+        assert flag in out and f"(default {value})" in out, flag
