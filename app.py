@@ -46,7 +46,6 @@ from ddpm.studio import (
     label_choices,
     local_checkpoints,
     log_snr_timesteps,
-    parse_label,
     parse_run,
     q_sample_at,
 )
@@ -163,6 +162,30 @@ def _defaults(pipe: Pipeline) -> dict:
     }
 
 
+def _class_scales(pipe: Pipeline) -> dict | None:
+    """What the browser needs to move the CFG slider to a class's recommended scale: {"names", "scales"}, or None."""
+    per_class = _defaults(pipe)["class_cfg"]
+    if per_class is None:
+        return None
+    n = pipe.config.model.num_classes
+    names = pipe.class_names or tuple(str(i) for i in range(n))
+    return {"names": [name.lower() for name in names], "scales": list(per_class)}
+
+
+# Runs in the browser when the class changes, so that a Generate clicked right after it already sees the class's
+# scale (a server round trip could arrive after the click). The label is read as studio.parse_label reads it:
+# "7 · Sneaker" -> "7"; a class name (any case); an index. Anything else leaves the slider alone.
+CLASS_SCALE_JS = """(label, rec, cfg) => {
+  if (!rec || label === null || label === undefined) return cfg;
+  let s = String(label).trim();
+  const m = s.match(/^(\\d+)\\s*·/);
+  if (m) s = m[1];
+  let i = rec.names.indexOf(s.toLowerCase());
+  if (i < 0 && /^\\d+$/.test(s)) i = parseInt(s, 10);
+  return i >= 0 && i < rec.scales.length ? rec.scales[i] : cfg;
+}"""
+
+
 def _cfg_info(d: dict) -> str | None:
     """The CFG slider's note: where its value comes from when the model recommends a scale per class."""
     if d["class_cfg"] is None:
@@ -270,6 +293,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             model_info: _model_facts(pipe),
             label_dd: gr.update(choices=labels, value=labels[0] if labels else None, visible=cond),
             cfg_sl: gr.update(value=d["cfg"], visible=cond, info=_cfg_info(d)),
+            class_scales: _class_scales(pipe),
             interval_cb: gr.update(value=d["interval"] is not None, visible=d["interval"] is not None,
                                    label=_interval_label(d["interval"])),
             steps_sl: gr.update(maximum=pipe.T, value=d["steps"]),
@@ -279,17 +303,6 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             explorer: gr.update(visible=cond),
             t_sl: gr.update(maximum=pipe.T - 1, value=min(pipe.T // 4, pipe.T - 1)),
         }
-
-    def class_scale(model, label):
-        """A model that recommends a scale per class: move the CFG slider to the chosen class's scale."""
-        pipe = _checked(registry.get, model)
-        per_class = _defaults(pipe)["class_cfg"]
-        if per_class is None or label in (None, ""):
-            return gr.update()
-        try:
-            return gr.update(value=per_class[parse_label(pipe, label)])
-        except ValueError:  # a typed label that is no class: Generate says so
-            return gr.update()
 
     def example_choices(model):
         names = [name for name, _ in _checked(registry.examples, model)]
@@ -347,6 +360,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                                                visible=pipe0.conditional, allow_custom_value=True)
                         cfg_sl = gr.Slider(0, CFG_MAX, value=d0["cfg"], step=0.25, label="CFG scale (guidance)",
                                            visible=pipe0.conditional, info=_cfg_info(d0))
+                        class_scales = gr.JSON(_class_scales(pipe0), visible=False)  # read by CLASS_SCALE_JS
                         interval_cb = gr.Checkbox(d0["interval"] is not None, label=_interval_label(d0["interval"]),
                                                   visible=d0["interval"] is not None, elem_id="interval",
                                                   info="the model's recommendation: the CFG scale applies only "
@@ -437,7 +451,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         stop_btn.click(lambda: "Stopped.", None, status, cancels=[gen_event, explore_event], queue=False,
                        api_visibility="private")
         dice_btn.click(lambda: secrets.randbelow(SEED_MAX + 1), None, seed_nb, queue=False, api_visibility="private")
-        label_dd.change(class_scale, [model_dd, label_dd], cfg_sl, queue=False, api_visibility="private")
+        label_dd.change(None, [label_dd, class_scales, cfg_sl], cfg_sl, js=CLASS_SCALE_JS, queue=False,
+                        api_visibility="private")
         sampler_rd.change(lambda s: gr.update(visible=s == "ddim"), sampler_rd, eta_sl, queue=False,
                           api_visibility="private")
         scrubber.input(scrub, [scrubber, frames], [live_xt, live_x0, status], api_name="scrub",
@@ -446,7 +461,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         forward_outputs = [xt_img, forward_text, strip, plot_img]
         model_dd.input(
             select_model, model_dd,
-            [model_dd, model_note, model_info, label_dd, cfg_sl, interval_cb, steps_sl, sampler_rd, spacing_sl, explorer,
+            [model_dd, model_note, model_info, label_dd, cfg_sl, class_scales, interval_cb, steps_sl, sampler_rd, spacing_sl, explorer,
              t_sl],
             api_visibility="private", concurrency_id="model",
         ).then(example_choices, model_dd, example_dd, api_visibility="private")

@@ -39,6 +39,12 @@ WATCH_LIVE_FRAMES = """() => {
                                                      attributeFilter: ['src']});
 }"""
 
+# Delays every fetch the page makes by a second (the order of requests is kept).
+SLOW_FETCH = """() => {
+  const fetch = window.fetch;
+  window.fetch = (...args) => new Promise(resolve => setTimeout(() => resolve(fetch(...args)), 1000));
+}"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -91,7 +97,7 @@ def test_generate_in_the_browser(app_url, tmp_path):
             steps.press("Enter")
             cfg.fill("2.5")
             cfg.press("Enter")
-            page.get_by_label("Seed").fill("7")
+            page.get_by_label("Seed", exact=True).fill("7")
             page.get_by_label("4", exact=True).check()
             page.get_by_text("Advanced").click()
             page.get_by_label("DDPM (ancestral)").check()
@@ -123,6 +129,16 @@ def test_generate_in_the_browser(app_url, tmp_path):
             box.fill("0")
             box.press("Enter")
             expect(page.locator("#status")).to_contain_text("Recorded step 1/300", timeout=30_000)
+
+            # the slider moves in the browser: a Generate clicked at once after picking a class samples at its scale,
+            # even when every request to the server takes a second (a busy Space)
+            page.evaluate(SLOW_FETCH)
+            page.get_by_label("Class").click()
+            page.get_by_role("option", name="2 · Square").click()
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#run-info")).to_contain_text("label 2 ", timeout=120_000)
+            expect(page.locator("#run-info")).to_contain_text(f"CFG {PER_CLASS[2]:g} ")
+            expect(cfg).to_have_value(f"{PER_CLASS[2]:g}")
 
             # the forward-process tab draws its plot
             page.get_by_role("tab", name="Forward process").click()

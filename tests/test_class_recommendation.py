@@ -92,15 +92,50 @@ def test_the_app_moves_the_cfg_slider_to_the_chosen_class(per_class: Path, tiny_
 
     demo = app.build_demo(str(per_class), checkpoints_dir=str(tmp_path / "none"))
     assert slider(demo).value == PER_CLASS[0] and "scale per class" in slider(demo).info  # the dropdown starts at 0
+    # the browser moves the slider (CLASS_SCALE_JS) from the scales the page holds
+    scales = next(b for b in demo.blocks.values() if isinstance(b, gr.JSON) and not b.visible)
+    assert scales.value == {"names": ["horizontal", "vertical", "square"], "scales": PER_CLASS}
 
     demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "checkpoints"))
     assert slider(demo).info is None
     fns = {f.api_name: f.fn for f in demo.fns.values()}
-    assert "value" not in fns["class_scale"](str(tiny_checkpoint), "1 · Vertical")  # one scale: the person's w stays
-    out = {getattr(k, "label", None): v for k, v in fns["select_model"](str(per_class)).items()}
+    raw = fns["select_model"](str(per_class))
+    out = {getattr(k, "label", None): v for k, v in raw.items()}
     assert out["CFG scale (guidance)"]["value"] == PER_CLASS[0] and "scale per class" in out["CFG scale (guidance)"]["info"]
-    assert fns["class_scale"](str(per_class), "1 · Vertical")["value"] == 3.0
-    assert fns["class_scale"](str(per_class), "Square")["value"] == 1.5
-    assert "value" not in fns["class_scale"](str(per_class), "no such class")  # left alone; Generate names the error
-    out = {getattr(k, "label", None): v for k, v in fns["select_model"](str(tiny_checkpoint)).items()}
-    assert out["CFG scale (guidance)"]["info"] is None
+    assert [v["scales"] for k, v in raw.items() if isinstance(k, gr.JSON)] == [PER_CLASS]
+    raw = fns["select_model"](str(tiny_checkpoint))
+    assert {getattr(k, "label", None): v for k, v in raw.items()}["CFG scale (guidance)"]["info"] is None
+    assert [v for k, v in raw.items() if isinstance(k, gr.JSON)] == [None]  # one scale: the person's w stays
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_the_browser_reads_a_label_as_the_server_does(per_class: Path):
+    """CLASS_SCALE_JS, run in Chromium, picks the scale of the class studio.parse_label reads from each label."""
+    from playwright.sync_api import sync_playwright
+
+    from ddpm.studio import label_choices, parse_label
+    from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
+
+    pipe = ddpm.load(per_class)
+    rec = app._class_scales(pipe)
+    labels = [*label_choices(pipe), "Square", "vertical", " 2 ", "1", "0 · anything", "no such class", "7", "-1", "",
+              None]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            got = page.evaluate(f"([labels, rec]) => labels.map(l => ({app.CLASS_SCALE_JS})(l, rec, -1))",
+                                [labels, rec])
+            unconditional = page.evaluate(f"() => ({app.CLASS_SCALE_JS})('1', null, 2.5)")
+        finally:
+            browser.close()
+
+    def server(label):
+        try:
+            return PER_CLASS[parse_label(pipe, label)]
+        except ValueError:
+            return -1  # not a class: the slider keeps its value
+
+    assert got == [server(label) for label in labels]
+    assert got[:3] == PER_CLASS and got.count(-1) == 5
+    assert unconditional == 2.5
