@@ -461,8 +461,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         forward_outputs = [xt_img, forward_text, strip, plot_img]
         model_dd.input(
             select_model, model_dd,
-            [model_dd, model_note, model_info, label_dd, cfg_sl, class_scales, interval_cb, steps_sl, sampler_rd, spacing_sl, explorer,
-             t_sl],
+            [model_dd, model_note, model_info, label_dd, cfg_sl, class_scales, interval_cb, steps_sl, sampler_rd,
+             eta_sl, spacing_sl, explorer, t_sl],
             api_visibility="private", concurrency_id="model",
         ).then(example_choices, model_dd, example_dd, api_visibility="private")
         example_dd.change(pick_example, [model_dd, example_dd], [x0_state, x0_img], api_visibility="private").then(

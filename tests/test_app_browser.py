@@ -17,6 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 
 PER_CLASS = [1.0, 3.0, 1.5]  # the tiny model's classes: Horizontal, Vertical, Square
+PLAIN_CFG = 2.25
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -58,7 +59,10 @@ def app_url(tiny_checkpoint, tmp_path_factory, with_sampling):
 
     # a model that recommends one guidance scale per class: the slider follows the chosen class
     folder = with_sampling(tiny_checkpoint, tmp_path_factory.mktemp("ckpt") / "per-class", {"class_cfg": PER_CLASS})
-    demo = app.build_demo(str(folder), checkpoints_dir=str(tmp_path_factory.mktemp("none")))
+    # and a second model with one recommended scale for every class
+    others = tmp_path_factory.mktemp("checkpoints")
+    with_sampling(tiny_checkpoint, others / "plain", {"cfg": PLAIN_CFG})
+    demo = app.build_demo(str(folder), checkpoints_dir=str(others))
     port = _free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -87,7 +91,7 @@ def test_generate_in_the_browser(app_url, tmp_path):
             # picking a class moves the CFG slider to that class's recommended scale
             cfg = page.get_by_label("number input for CFG scale (guidance)")
             expect(cfg).to_have_value(f"{PER_CLASS[0]:g}")
-            page.get_by_label("Class").click()
+            page.get_by_role("combobox", name="Class").click()
             page.get_by_role("option", name="1 · Vertical").click()
             expect(cfg).to_have_value(f"{PER_CLASS[1]:g}")
 
@@ -133,12 +137,29 @@ def test_generate_in_the_browser(app_url, tmp_path):
             # the slider moves in the browser: a Generate clicked at once after picking a class samples at its scale,
             # even when every request to the server takes a second (a busy Space)
             page.evaluate(SLOW_FETCH)
-            page.get_by_label("Class").click()
+            page.get_by_role("combobox", name="Class").click()
             page.get_by_role("option", name="2 · Square").click()
             page.get_by_role("button", name="Generate").click()
             expect(page.locator("#run-info")).to_contain_text("label 2 ", timeout=120_000)
             expect(page.locator("#run-info")).to_contain_text(f"CFG {PER_CLASS[2]:g} ")
             expect(cfg).to_have_value(f"{PER_CLASS[2]:g}")
+            page.evaluate("() => location.reload()")
+            expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
+
+            # switching models: each model's own recommendation, also when the class resets with it
+            page.get_by_role("combobox", name="Model").click()
+            page.get_by_role("option", name="plain").click()
+            expect(cfg).to_have_value(f"{PLAIN_CFG:g}")
+            page.get_by_role("combobox", name="Class").click()
+            page.get_by_role("option", name="1 · Vertical").click()
+            page.wait_for_timeout(300)
+            expect(cfg).to_have_value(f"{PLAIN_CFG:g}")  # one scale for every class: the slider stays
+            page.get_by_role("combobox", name="Model").click()
+            page.get_by_role("option", name="per-class").click()
+            expect(cfg).to_have_value(f"{PER_CLASS[0]:g}")
+            page.get_by_role("combobox", name="Class").click()
+            page.get_by_role("option", name="1 · Vertical").click()
+            expect(cfg).to_have_value(f"{PER_CLASS[1]:g}")
 
             # the forward-process tab draws its plot
             page.get_by_role("tab", name="Forward process").click()

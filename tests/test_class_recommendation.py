@@ -98,8 +98,10 @@ def test_the_app_moves_the_cfg_slider_to_the_chosen_class(per_class: Path, tiny_
 
     demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "checkpoints"))
     assert slider(demo).info is None
-    fns = {f.api_name: f.fn for f in demo.fns.values()}
+    select = next(f for f in demo.fns.values() if f.api_name == "select_model")
+    fns = {"select_model": select.fn}
     raw = fns["select_model"](str(per_class))
+    assert set(raw) == set(select.outputs)  # gradio refuses a returned component that is not an output
     out = {getattr(k, "label", None): v for k, v in raw.items()}
     assert out["CFG scale (guidance)"]["value"] == PER_CLASS[0] and "scale per class" in out["CFG scale (guidance)"]["info"]
     assert [v["scales"] for k, v in raw.items() if isinstance(k, gr.JSON)] == [PER_CLASS]
