@@ -309,11 +309,15 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         return gr.update(choices=names, value=names[0] if names else None)
 
     def pick_example(model, name):
-        """The chosen example as the forward process's x_0 (model size, uint8) and its enlarged view."""
+        """The chosen example as the forward process's x_0 (model size, uint8) and its enlarged view.
+
+        A name that is not one of the model's examples is a stale event (the list changes with the model, and the
+        old name's change can arrive after the switch): it changes nothing, and the new list's event follows.
+        """
         for n, image in _checked(registry.examples, model):
             if n == name:
                 return image, _enlarged(image, 224)
-        raise gr.Error(f"unknown example {name!r}")
+        return gr.skip(), gr.skip()
 
     def upload_x0(model, image):
         if image is None:

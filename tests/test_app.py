@@ -254,6 +254,16 @@ def test_forward_view(demo, tiny_checkpoint):
         handler(demo, "forward")(str(tiny_checkpoint), x0, 1000)
 
 
+def test_an_example_is_picked_by_name_and_a_stale_name_changes_nothing(demo, tiny_checkpoint):
+    names = handler(demo, "example_choices")(str(tiny_checkpoint))["choices"]
+    assert names
+    image, view = handler(demo, "pick_example")(str(tiny_checkpoint), names[-1])
+    assert image.shape == (12, 12, 1) and image.dtype == np.uint8 and view.width >= 224
+    # the previous model's example, arriving after a switch: no error toast, no change; the new list's event follows
+    stale = handler(demo, "pick_example")(str(tiny_checkpoint), "0 · T-shirt-top")
+    assert stale == (gr.skip(), gr.skip()) and "value" not in stale[0]
+
+
 def test_queue_and_concurrency_settings(demo):
     assert demo._queue.max_size == app.QUEUE_SIZE
     fns = {f.api_name: f for f in demo.fns.values()}
