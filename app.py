@@ -186,10 +186,13 @@ CLASS_SCALE_JS = """(label, rec, cfg) => {
 }"""
 
 
-def _cfg_info(d: dict) -> str | None:
-    """The CFG slider's note: where its value comes from when the model recommends a scale per class."""
+def _cfg_info(d: dict) -> str:
+    """The CFG slider's note: where its value comes from when the model recommends a scale per class.
+
+    "" (no note) otherwise: an update with info=None would leave the previous model's note in place.
+    """
     if d["class_cfg"] is None:
-        return None
+        return ""
     return "this model recommends a scale per class; picking a class sets its scale"
 
 

@@ -148,8 +148,11 @@ def test_generate_in_the_browser(app_url, tmp_path):
 
             # switching models: each model's own recommendation, also when the class resets with it
             page.get_by_role("combobox", name="Model").click()
+            note = page.get_by_text("this model recommends a scale per class")
+            expect(note).to_be_visible()
             page.get_by_role("option", name="plain").click()
             expect(cfg).to_have_value(f"{PLAIN_CFG:g}")
+            expect(note).to_have_count(0)  # the per-class note goes with the model
             page.get_by_role("combobox", name="Class").click()
             page.get_by_role("option", name="1 · Vertical").click()
             page.wait_for_timeout(300)
@@ -157,6 +160,7 @@ def test_generate_in_the_browser(app_url, tmp_path):
             page.get_by_role("combobox", name="Model").click()
             page.get_by_role("option", name="per-class").click()
             expect(cfg).to_have_value(f"{PER_CLASS[0]:g}")
+            expect(note).to_be_visible()
             page.get_by_role("combobox", name="Class").click()
             page.get_by_role("option", name="1 · Vertical").click()
             expect(cfg).to_have_value(f"{PER_CLASS[1]:g}")
