@@ -167,9 +167,7 @@ def _class_scales(pipe: Pipeline) -> dict | None:
     per_class = _defaults(pipe)["class_cfg"]
     if per_class is None:
         return None
-    n = pipe.config.model.num_classes
-    names = pipe.class_names or tuple(str(i) for i in range(n))
-    return {"names": [name.lower() for name in names], "scales": list(per_class)}
+    return {"names": [name.lower() for name in pipe.label_names], "scales": list(per_class)}
 
 
 # Runs in the browser when the class changes, so that a Generate clicked right after it already sees the class's

@@ -37,6 +37,12 @@ class Pipeline:
         return self.config.class_names
 
     @property
+    def label_names(self) -> tuple[str, ...]:
+        """The name of every class: the checkpoint's class names, else "0", "1", ...; () if unconditional."""
+        n = self.config.model.num_classes or 0
+        return self.class_names or tuple(str(i) for i in range(n))
+
+    @property
     def conditional(self) -> bool:
         return self.config.model.num_classes is not None
 
@@ -60,7 +66,7 @@ class Pipeline:
         if not self.conditional:
             raise ValueError("this model is unconditional: it takes no class label")
         n = self.config.model.num_classes
-        names = self.class_names or tuple(str(i) for i in range(n))
+        names = self.label_names
         if isinstance(label, bool):
             raise ValueError(f"label must be a class index 0..{n - 1} or a class name, got {label!r}")
         if isinstance(label, str):

@@ -316,7 +316,8 @@ def dpmpp_2m_steps(
     at 20 steps from 0.2 to 0.007), and the last, into alpha_bar = 1, lands on the prediction.
     """
     ts = timesteps_for(schedule.T, steps, spacing)
-    ab = [float(schedule.alpha_bar.double()[t]) for t in ts]
+    alpha_bar = schedule.alpha_bar.double()
+    ab = [float(alpha_bar[t]) for t in ts]
     lam = [0.5 * math.log(a / (1.0 - a)) for a in ab]
     x = x_T
     x0_prev: torch.Tensor | None = None

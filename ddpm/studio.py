@@ -50,9 +50,7 @@ def label_choices(pipe: Pipeline) -> list[str]:
     """The class labels as shown to a person: "7 · Sneaker"; [] for an unconditional model."""
     if not pipe.conditional:
         return []
-    n = pipe.config.model.num_classes
-    names = pipe.class_names or tuple(str(i) for i in range(n))
-    return [f"{i}{LABEL_SEP}{name}" if name != str(i) else name for i, name in enumerate(names)]
+    return [f"{i}{LABEL_SEP}{name}" if name != str(i) else name for i, name in enumerate(pipe.label_names)]
 
 
 def parse_label(pipe: Pipeline, value: object) -> int:
