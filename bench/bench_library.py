@@ -9,7 +9,8 @@ It prints, for the default preset ("small") at 28x28:
     in plain fp32 eager mode, both through the training loop's own code (make_global_batch,
     diffusion_loss, gradient clipping, AdamW, EMA);
   * DDIM sampler milliseconds per step with CFG for 1, 16 and 64 images (network batch 2, 32, 128), in
-    fp32 and bf16, and the sampler's own overhead: the loop's time minus the same network calls alone
+    fp32 and bf16, with the weights in NCHW and in channels-last layout (what `ddpm.load` uses on a CPU), and
+    the sampler's own overhead: the loop's time minus the same network calls alone
     (noisy: a difference of two timings), and, directly, the loop's time around a no-op network;
   * the network's FLOPs per image (torch.utils.flop_counter: convolutions, matmuls and attention, not
     element-wise ops) and the achieved GFLOP/s against a large matmul in the same precision;
@@ -21,6 +22,7 @@ Every figure is the minimum (sampling) or median (training) over a few timed rep
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -226,21 +228,23 @@ def run(quick: bool, log: Callable[[str], None]) -> dict:
             log(f"  train {mode}: {step_s * 1e3:.0f} ms/step, {batch / step_s:.0f} images/s")
 
         model.eval()
+        layouts = {"NCHW": model, "channels-last": copy.deepcopy(model).to(memory_format=torch.channels_last)}
         for n in (1, 16, 64):
             noop_s = noop_sampler_time(schedule, n=n, steps=max(sample_steps_n, 20), repeat=sample_repeat,
                                        conditional=conditional, image_shape=shape)
-            for p in precisions:
-                loop_s, net_s, net_batch = sampler_times(model, schedule, n=n, precision=p, steps=sample_steps_n,
-                                                         repeat=sample_repeat, conditional=conditional,
-                                                         image_shape=shape)
+            for p, layout in ((p, layout) for p in precisions for layout in layouts):
+                loop_s, net_s, net_batch = sampler_times(layouts[layout], schedule, n=n, precision=p,
+                                                         steps=sample_steps_n, repeat=sample_repeat,
+                                                         conditional=conditional, image_shape=shape)
                 gflops = entry["forward_flops"] * net_batch / net_s / 1e9
                 entry["sample"].append({
-                    "images": n, "network_batch": net_batch, "precision": p, "ms_per_step": loop_s * 1e3,
+                    "images": n, "network_batch": net_batch, "precision": p, "layout": layout,
+                    "ms_per_step": loop_s * 1e3,
                     "network_ms_per_call": net_s * 1e3, "overhead_ms_per_step": (loop_s - net_s) * 1e3,
                     "noop_network_ms_per_step": noop_s * 1e3,
                     "gflops": gflops, "fraction_of_matmul": gflops / report["matmul"][p],
                 })
-                log(f"  sample {n} images, {p}: {loop_s * 1e3:.1f} ms/step (network alone {net_s * 1e3:.1f} ms)")
+                log(f"  sample {n} images, {p}, {layout}: {loop_s * 1e3:.1f} ms/step (network alone {net_s * 1e3:.1f} ms)")
         report["models"][name] = entry
     report["load_average_end"] = load_average()
     return report
@@ -273,16 +277,26 @@ def markdown(report: dict) -> str:
         "",
         f"**Sampling** (DDIM; conditional models with CFG w={CFG:g}, one batched call of [cond, uncond] per step)",
         "",
-        "| model | images | network batch | precision | ms/step | network alone, ms | overhead (loop - network), ms/step "
-        "| loop with a no-op network, ms/step | GFLOP/s | % of matmul |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | images | network batch | precision | layout | ms/step | network alone, ms "
+        "| overhead (loop - network), ms/step | loop with a no-op network, ms/step | GFLOP/s | % of matmul |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["models"].items():
         for r in m["sample"]:
-            out.append(f"| {name} | {r['images']} | {r['network_batch']} | {r['precision']} | {r['ms_per_step']:.1f} | "
+            out.append(f"| {name} | {r['images']} | {r['network_batch']} | {r['precision']} | {r['layout']} | "
+                       f"{r['ms_per_step']:.1f} | "
                        f"{r['network_ms_per_call']:.1f} | {r['overhead_ms_per_step']:.2f} | "
                        f"{r['noop_network_ms_per_step']:.2f} | {r['gflops']:.1f} | "
                        f"{r['fraction_of_matmul']:.0%} |")
+    for name, m in report["models"].items():
+        ratios = []
+        for r in m["sample"]:
+            if r["layout"] == "channels-last":
+                base = next(q for q in m["sample"] if q["layout"] == "NCHW" and q["images"] == r["images"]
+                            and q["precision"] == r["precision"])
+                plural = "s" if r["images"] > 1 else ""
+                ratios.append(f"{base['ms_per_step'] / r['ms_per_step']:.2f}x ({r['images']} image{plural}, {r['precision']})")
+        out += ["", f"Channels-last vs NCHW, {name}: " + ", ".join(ratios) + " the speed."]
     out += ["", "**FLOPs per image** (FlopCounterMode: convolutions, matmuls, attention)", "",
             "| model | forward MFLOP | forward + backward MFLOP |", "|---|---:|---:|"]
     for name, m in report["models"].items():

@@ -205,13 +205,21 @@ def read_weights(folder: str | Path, model: torch.nn.Module, what: str) -> dict[
 
 
 def load_model(folder: str | Path, config: CheckpointConfig | None = None, *, device: str | torch.device = "cpu") -> tuple[UNet, CheckpointConfig]:
-    """Build the UNet from config.json and load model.safetensors into it (fp32, eval mode)."""
+    """Build the UNet from config.json and load model.safetensors into it (fp32, eval mode).
+
+    On a CPU the weights are put in channels-last (NHWC) layout, which oneDNN's convolutions run faster than
+    NCHW (bench/bench_library.py measures both); the outputs agree to float rounding, and saving still writes
+    plain contiguous tensors.
+    """
     folder = Path(folder)
     config = config or load_config(folder)
     model = UNet(config.model)
     model.load_state_dict(read_weights(folder, model, "the model described in config.json"))
     model.eval().requires_grad_(False)
-    return model.to(device), config
+    model = model.to(device)
+    if torch.device(device).type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model, config
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:

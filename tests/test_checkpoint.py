@@ -59,9 +59,11 @@ def test_round_trip_same_outputs(saved):
     folder, model = saved
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temp files left
     loaded, config = load_model(folder)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
     x, t, y = _inputs()
-    with torch.no_grad():
-        assert torch.equal(loaded(x, t, y), model(x, t, y))
+    with torch.no_grad():  # the same weights in channels-last layout: equal up to float rounding
+        torch.testing.assert_close(loaded(x, t, y), model(x, t, y), atol=1e-5, rtol=1e-5)
     assert config.model == model.config
     assert config.schedule == ScheduleConfig(name="cosine", timesteps=500)
     assert config.class_names == ("class 0", "class 1", "class 2")
@@ -82,10 +84,25 @@ def test_config_json_describes_itself(saved):
 def test_pipeline_loads_the_same_weights(saved):
     folder, model = saved
     pipe = ddpm.load(folder)
+    for k, v in model.state_dict().items():
+        assert torch.equal(pipe.model.state_dict()[k], v), k
     x, t, y = _inputs()
     with torch.no_grad():
-        assert torch.equal(pipe.model(x, t, y), model(x, t, y))
+        torch.testing.assert_close(pipe.model(x, t, y), model(x, t, y), atol=1e-5, rtol=1e-5)
     assert pipe.T == 500 and pipe.image_shape == (1, 12, 12)
+
+
+def test_loaded_on_a_cpu_the_convolutions_run_channels_last_and_save_plain(saved, tmp_path):
+    folder, model = saved
+    loaded, config = load_model(folder)
+    convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)  # really NHWC, not only 1x1 kernels
+    x, _, _ = _inputs()
+    with torch.no_grad():  # activations follow the weights' layout
+        assert loaded.stem(x).is_contiguous(memory_format=torch.channels_last)
+    save_checkpoint(tmp_path / "again", loaded, config)  # safetensors wants contiguous tensors: still saves
+    assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (folder / WEIGHTS_NAME).read_bytes()
 
 
 def test_fp16_weights(tmp_path):
@@ -257,4 +274,4 @@ def test_unconditional_round_trip(tmp_path):
     assert not pipe.conditional and pipe.class_names is None
     x, t, _ = _inputs()
     with torch.no_grad():
-        assert torch.equal(pipe.model(x, t), model(x, t))
+        torch.testing.assert_close(pipe.model(x, t), model(x, t), atol=1e-5, rtol=1e-5)
