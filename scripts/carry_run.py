@@ -35,6 +35,12 @@ def _sha256(data: bytes) -> str:
 
 
 def _last_step(run: Path) -> int | None:
+    """The step the run's checkpoint holds: config.json's training record (written with the state), else the
+    last log line (a run stopped by a signal between log lines saved a later step than its log shows)."""
+    try:
+        return int(json.loads((run / "config.json").read_text())["training"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     log = run / "log.jsonl"
     if not log.exists():
         return None

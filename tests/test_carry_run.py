@@ -40,6 +40,9 @@ def test_pack_cuts_small_parts_and_unpack_restores_every_file(tmp_path):
     for name in ("training_state.pt", "train_config.json", "log.jsonl"):
         assert (tmp_path / "moved" / name).read_bytes() == (run / name).read_bytes()
     assert not (tmp_path / "moved" / "samples").exists()
+    # a run stopped by a signal between log lines: its checkpoint (config.json) is at a later step than the log
+    (run / "config.json").write_text('{"training": {"steps": 9}}\n')
+    assert carry_run.pack(run, tmp_path / "carry9", part_mib=0.1)["step"] == 9
     # packing again into the same folder replaces it: no part of the old pack is left beside fewer new ones
     (run / "training_state.pt").write_bytes(os.urandom(1000))
     m2 = carry_run.pack(run, tmp_path / "carry", part_mib=0.1)
