@@ -24,16 +24,21 @@ from ddpm.classifier import load_split  # noqa: E402
 from ddpm.data import to_model_range  # noqa: E402
 from ddpm.evaluate import balanced_subset  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
+from ddpm.training import resolve_precision  # noqa: E402
 
 
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None,
-                 *, draws: int = 8, seed: int = 0, precision: str = "bf16", batch_size: int = 250) -> dict[str, float]:
+                 *, draws: int = 8, seed: int = 0, precision: str = "auto", batch_size: int = 250) -> dict[str, float]:
     """Mean eps-prediction MSE over images (N, C, H, W) (uint8, or float in [-1, 1]) x `draws` (t, eps) draws.
+
+    precision: "auto" = bf16 autocast where the CPU supports it, else fp32 (bf16 emulated on a CPU without it is
+    about ten times slower), or "bf16" / "fp32".
 
     Returns {"loss": ..., "q0".."q3": the loss for t in each quarter of [0, T), low noise first}. The draws depend
     only on seed, N and the image shape, not on the model.
     """
+    precision = resolve_precision(precision, torch.device("cpu"))
     x0_all = to_model_range(images) if images.dtype == torch.uint8 else images.float()
     g = torch.Generator().manual_seed(seed)
     t_all = torch.randint(0, schedule.T, (draws, len(x0_all)), generator=g)
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoints", nargs="+", help="checkpoint or run folders (a run folder holds its EMA weights)")
     p.add_argument("--n", type=int, default=2000, help="test images, balanced over the classes")
     p.add_argument("--draws", type=int, default=8, help="(t, eps) draws per image")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto = bf16 autocast where the CPU supports it, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)

@@ -60,3 +60,23 @@ def test_the_command_compares_checkpoints_on_the_same_test_images(tiny_checkpoin
     assert heldout.main([str(tiny_checkpoint), "--n", "61"]) == 2
     assert "--n must be a multiple of the 3 classes" in capsys.readouterr().err
 
+
+
+def test_auto_precision_is_fp32_where_bf16_is_unsupported(monkeypatch):
+    """A CPU without bf16 would emulate it, about ten times slower: auto must run fp32 there."""
+    schedule = NoiseSchedule(ScheduleConfig(name="cosine", timesteps=100))
+    grey = torch.full((20, 1, 8, 8), 128, dtype=torch.uint8)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, y=None):
+            seen.append(torch.is_autocast_cpu_enabled() if hasattr(torch, "is_autocast_cpu_enabled")
+                        else torch.is_autocast_enabled("cpu"))
+            return torch.zeros_like(x)
+
+    monkeypatch.setattr(heldout, "resolve_precision", lambda p, d: "fp32" if p == "auto" else p)
+    heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="auto")
+    assert seen and not any(seen)
+    seen.clear()
+    heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="bf16")
+    assert seen and all(seen)
