@@ -63,20 +63,23 @@ def test_the_command_compares_checkpoints_on_the_same_test_images(tiny_checkpoin
 
 
 def test_auto_precision_is_fp32_where_bf16_is_unsupported(monkeypatch):
-    """A CPU without bf16 would emulate it, about ten times slower: auto must run fp32 there."""
+    """A CPU without bf16 would emulate it, about ten times slower: auto must run fp32 there, bf16 where supported."""
+    import ddpm.training
+
     schedule = NoiseSchedule(ScheduleConfig(name="cosine", timesteps=100))
     grey = torch.full((20, 1, 8, 8), 128, dtype=torch.uint8)
     seen = []
 
     class Spy(torch.nn.Module):
         def forward(self, x, t, y=None):
-            seen.append(torch.is_autocast_cpu_enabled() if hasattr(torch, "is_autocast_cpu_enabled")
-                        else torch.is_autocast_enabled("cpu"))
+            seen.append(torch.is_autocast_enabled("cpu"))
             return torch.zeros_like(x)
 
-    monkeypatch.setattr(heldout, "resolve_precision", lambda p, d: "fp32" if p == "auto" else p)
-    heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="auto")
-    assert seen and not any(seen)
-    seen.clear()
-    heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="bf16")
-    assert seen and all(seen)
+    for supported in (False, True):  # the project's own check, as training uses it
+        monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device, s=supported: s)
+        seen.clear()
+        heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="auto")
+        assert seen and all(on == supported for on in seen)
+    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
+    with pytest.raises(ValueError, match="bf16 autocast is not supported"):
+        heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="bf16")
