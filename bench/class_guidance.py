@@ -6,7 +6,7 @@
 
 The evaluation sorts its N images by class and gives image i the noise seed SEED * N + i, so class c's images at
 scale w do not depend on what the other classes use. The script samples each (seed, w, class) slice once, when a
-score first needs it (with the checkpoint's steps, spacing and guidance interval, --sampler, bf16), caches the
+score first needs it (with the checkpoint's steps, spacing and guidance interval, --sampler, --precision), caches the
 classifier's predictions and features in --cache, and scores any vector of per-class scales (w_0, ..., w_K-1) by
 taking class c's images from its slice at w_c.
 
@@ -39,6 +39,7 @@ from ddpm.evaluate import (  # noqa: E402
 )
 from ddpm.pipeline import load  # noqa: E402
 from ddpm.samplers import SAMPLERS  # noqa: E402
+from ddpm.training import resolve_precision  # noqa: E402
 
 Row = tuple[np.ndarray, np.ndarray]  # (pred (N,), features (N, D)) of one evaluation row, sorted by class
 
@@ -118,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="score this per-class vector on the --tune and --check seeds (repeatable)")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto = bf16 where the CPU supports it, else fp32 (emulated bf16 is ~10x slower)")
     parser.add_argument("--cache", default=str(ROOT / "bench" / "out" / "class_guidance"),
                         help="folder for the sampled slices' predictions and features")
     args = parser.parse_args(argv)
+    try:
+        precision = resolve_precision(args.precision, torch.device("cpu"))
+    except ValueError as e:
+        parser.error(str(e))
     if set(args.tune) & set(args.check):
         parser.error("--tune and --check must be different seeds")
     if len(set(args.w)) < 2 or min(args.w) < 0:
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     npc = args.n_per_class
     setting = Setting(sampler=sampler, steps=s["steps"], guidance_interval=pipe.guidance_interval,
-                      precision="bf16", spacing=s["spacing"])
+                      precision=precision, spacing=s["spacing"])
     refs: dict[int, tuple[np.ndarray, float]] = {}
     for seed in [*args.tune, *args.check]:
         ref_file = cache / f"reference_seed{seed}_n{npc}.npz"
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     def get(seed: int, w: float, c: int) -> Row:
         """Class c's npc images of evaluation seed `seed` at scale w: sampled once, then from the cache."""
         if (seed, w, c) not in slices:
-            f = cache / f"{sampler}_seed{seed}_w{w:g}_c{c}_n{npc}.npz"
+            f = cache / f"{sampler}_{precision}_seed{seed}_w{w:g}_c{c}_n{npc}.npz"
             if not f.exists():
                 labels = torch.full((npc,), c, dtype=torch.long)
                 images = generate(pipe, labels, replace(setting, cfg=w), seed=seed * k * npc + c * npc,

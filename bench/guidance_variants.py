@@ -20,8 +20,9 @@ prediction eps(x, c) elsewhere. With eps_c = eps(x, c), eps_u = eps(x, null), D 
                       same run): eps_G(x, c) + W (eps_c - eps_G(x, c)) at every step, plus (WCFG - 1) D in [LO, HI]
     autou:W           CFG whose unconditional branch comes from G: eps_G(x, null) + W (eps_c - eps_G(x, null))
 
-Every variant samples with DDIM 50 (--steps, --spacing), bf16, image i with noise seed SEED * N + i as
-`python -m ddpm.evaluate --seed SEED` does, so a cfg row reproduces the evaluation table's row. Prints one line per variant; --json appends the rows to a file.
+Every variant samples with DDIM 50 (--steps, --spacing), in bf16 where the CPU supports it (--precision), image i
+with noise seed SEED * N + i as `python -m ddpm.evaluate --seed SEED` does, so a cfg row reproduces the evaluation
+table's row. Prints one line per variant; --json appends the rows to a file.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ddpm.checkpoint import load_config, load_model  # noqa: E402
 from ddpm.classifier import load_classifier  # noqa: E402
 from ddpm.evaluate import Setting, build_reference, default_classifier, evaluate_setting  # noqa: E402
 from ddpm.pipeline import load  # noqa: E402
+from ddpm.training import resolve_precision  # noqa: E402
 
 VARIANTS = ("cfg", "apg", "rescale", "lowpass", "auto", "autou")
 
@@ -73,15 +75,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None, precision: str = "bf16"):
-    """A drop-in for samplers.guided_eps_fn implementing variant v (the Setting's own cfg is ignored)."""
+def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None):
+    """A drop-in for samplers.guided_eps_fn implementing variant v (the Setting's own cfg is ignored; its precision,
+    which the sampler passes on, is honoured)."""
     name, w, param, (lo, hi) = v["name"], v["w"], v["param"], v["interval"]
 
-    def net(m, x, t, y):
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return m(x, t, y).float()
-
     def factory(model, labels, *, cfg, null_label, T, guidance_interval=None, precision="fp32"):
+        def net(m, x, t, y):
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return m(x, t, y).float()
+
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             inside = samplers.guided_at(int(t[0]), T, (lo, hi))
             null = torch.full_like(labels, null_label)
@@ -133,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (image i uses seed * N + i)")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto = bf16 where the CPU supports it, else fp32 (emulated bf16 is ~10x slower)")
     parser.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
     args = parser.parse_args(argv)
     try:
         variants = [parse_variant(s) for s in args.variants]
+        precision = resolve_precision(args.precision, torch.device("cpu"))
     except ValueError as e:
         parser.error(str(e))
     if any(v["name"] in ("auto", "autou") for v in variants) and not args.guide:
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec, v in zip(args.variants, variants):
             samplers.guided_eps_fn = make_eps_fn_factory(v, pipe.schedule, guide)
             # cfg = 2 only makes the sampler call the (replaced) guided path with both branches available
-            setting = Setting(steps=args.steps, cfg=2.0, precision="bf16", spacing=args.spacing)
+            setting = Setting(steps=args.steps, cfg=2.0, precision=precision, spacing=args.spacing)
             row = evaluate_setting(pipe, classifier, ref, setting, n_per_class=args.n_per_class, seed=args.seed,
                                    batch_size=args.batch_size)
             print(f"{spec:24s} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.3f} ({row['fd_over_floor']:.2f}x floor) "
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps({"variant": spec, "guide": args.guide, "steps": args.steps,
-                                        "spacing": args.spacing, "seed": args.seed, "n": ref.n,
+                                        "spacing": args.spacing, "precision": precision, "seed": args.seed, "n": ref.n,
                                         "fd_floor": ref.fd_train_floor,
                                         **{k: row[k] for k in ("accuracy", "fd", "fd_over_floor", "nn_over_test",
                                                                "per_class_accuracy", "seconds")}}) + "\n")

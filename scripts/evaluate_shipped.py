@@ -2,7 +2,7 @@
 
     python scripts/evaluate_shipped.py --checkpoint checkpoints/fashion-mnist --out bench/out/eval
 
-Phase 1 (bf16, N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2, 3, 5, and guided only in intervals of noise
+Phase 1 (--precision: bf16 where the CPU supports it, else fp32; N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2, 3, 5, and guided only in intervals of noise
 levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`, repeatable, replaces that list). The
 default is the row that meets the target (accuracy >= 97% and FD <= 2x the real-data floor) with the lowest FD;
 if none does, the row with the lowest FD among those with accuracy >= 97% (the class a person asks for, as close
@@ -12,7 +12,8 @@ to real data as guidance allows), else the most accurate.
 `--default per-class` makes it the default whatever the single draw here says (for scales chosen over several draws
 with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it
 lacks. Phase 2: that default in fp32
-(what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it) and at DDIM 20 steps.
+(what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it, and a phase 1 in fp32
+has it already) and at DDIM 20 steps.
 Phase 3: DDPM ancestral with all 1000 steps at the default, at a smaller N (it costs 20x a 50-step row), with its
 own floor.
 
@@ -26,6 +27,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.allocator import tune_allocator  # noqa: E402
@@ -33,6 +36,7 @@ from ddpm.checkpoint import load_config  # noqa: E402
 from ddpm.evaluate import Setting, cfg_text, markdown_table, run  # noqa: E402
 from ddpm.hub import resolve_checkpoint  # noqa: E402
 from ddpm.samplers import SAMPLERS  # noqa: E402
+from ddpm.training import resolve_precision  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 2's fp32 row of the default (--no-fp32 skips it: it costs ~3x a bf16 row)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="phase 1's precision: auto = bf16 where the CPU supports it, else fp32 (bf16 emulated on a "
+                        "CPU without it is ~10x slower)")
     p.add_argument("--reuse-phase1", action="store_true",
                    help="take phase 1 from OUT/phase1.json, sampling only the rows it lacks")
     p.add_argument("--interval", type=float, nargs=3, action="append", metavar=("W", "LO", "HI"),
@@ -81,18 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.default == "per-class" and not args.class_cfg:
         p.error("--default per-class needs --class-cfg")
+    try:
+        precision = resolve_precision(args.precision, torch.device("cpu"))
+    except ValueError as e:
+        p.error(str(e))
     tune_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    sweep = [Setting(cfg=w, precision="bf16", spacing=args.spacing[0]) for w in SWEEP]
+    sweep = [Setting(cfg=w, precision=precision, spacing=args.spacing[0]) for w in SWEEP]
     intervals = [((lo, hi), w) for w, lo, hi in args.interval] if args.interval else INTERVALS
-    sweep += [Setting(cfg=w, guidance_interval=gi, precision="bf16", spacing=p) for p in args.spacing
+    sweep += [Setting(cfg=w, guidance_interval=gi, precision=precision, spacing=p) for p in args.spacing
               for gi, w in intervals]
     if args.class_cfg:
         sweep += [Setting(sampler=args.sampler, cfg=intervals[0][1], guidance_interval=intervals[0][0],
-                          precision="bf16", spacing=p, class_cfg=tuple(args.class_cfg)) for p in args.spacing]
+                          precision=precision, spacing=p, class_cfg=tuple(args.class_cfg)) for p in args.spacing]
     report = json.loads((out / "phase1.json").read_text()) if args.reuse_phase1 else None
     if report is not None:
         now = {"checkpoint_steps": load_config(resolve_checkpoint(args.checkpoint)).training.get("steps"),
@@ -117,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         rule = f"lowest FD among rows with accuracy >= {TARGET_ACCURACY:.0%}"
     log(f"default: cfg {cfg_text(best)}, interval {best['guidance_interval']}, spacing {best.get('spacing', 1.0):g}")
 
-    phase2 = ([setting_of(best, precision="fp32")] if args.fp32 else []) + [setting_of(best, steps=20)]
+    fp32_row = args.fp32 and best["precision"] != "fp32"  # a phase 1 in fp32 has the default's fp32 row already
+    phase2 = ([setting_of(best, precision="fp32")] if fp32_row else []) + [setting_of(best, steps=20)]
     second = run(args.checkpoint, args.classifier, phase2,
                  n_per_class=args.n_per_class, batch_size=args.batch_size, log=log)
     report["results"] += second["results"]  # same N and seed: the same reference

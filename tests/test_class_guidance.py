@@ -64,3 +64,19 @@ def test_parse_vector_names_what_is_wrong():
     for bad in ([1.5], [1.5, 1.75]):
         with pytest.raises(ValueError, match=r"--score needs 2 scales, each one of --w \(1.5, 2\)"):
             cg.parse_vector(bad, 2, [1.5, 2.0], "--score")
+
+
+@pytest.mark.parametrize("script", ["class_guidance", "guidance_variants"])
+def test_an_unsupported_bf16_is_refused_before_any_sampling(script, monkeypatch, capsys):
+    """Both experiments sample with --precision auto (bf16 only where the CPU has it); asking for bf16 on a CPU
+    without it stops at once with the reason, before a checkpoint is even loaded."""
+    import ddpm.training
+
+    s = importlib.util.spec_from_file_location(script, Path(__file__).parents[1] / "bench" / f"{script}.py")
+    module = importlib.util.module_from_spec(s)
+    s.loader.exec_module(module)
+    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
+    args = ["--tune", "0", "--check", "1"] if script == "class_guidance" else ["cfg:2"]
+    with pytest.raises(SystemExit):
+        module.main([*args, "--precision", "bf16", "--checkpoint", "/nonexistent"])
+    assert "bf16 autocast is not supported" in capsys.readouterr().err

@@ -569,3 +569,27 @@ def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, 
     assert "phase1.json has n_per_class 2, this run 3" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         shipped.main(["--default", "per-class"])  # needs --class-cfg
+
+
+def test_evaluate_shipped_samples_in_fp32_where_the_cpu_has_no_bf16(tiny_checkpoint, tiny_classifier, tmp_path,
+                                                                    monkeypatch, capsys):
+    """--precision auto (the default) samples phase 1 in fp32 on a CPU without bf16 (it once forced bf16, emulated
+    ~10x slower there); phase 2 then has no second fp32 row of the default. An explicit bf16 there is an error."""
+    import importlib.util
+
+    import ddpm.training
+
+    spec = importlib.util.spec_from_file_location("evaluate_shipped", Path(__file__).parents[1] / "scripts" / "evaluate_shipped.py")
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    shipped.SWEEP = [1.0]
+    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
+    common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
+              "--batch-size", "20", "--ddpm-n-per-class", "0", "--interval", "2", "0.2", "0.8"]
+    assert shipped.main(common + ["--out", str(tmp_path / "e")]) == 0
+    rows = json.loads((tmp_path / "e" / "evaluation.json").read_text())["results"]
+    assert {r["precision"] for r in rows} == {"fp32"}
+    assert [r["steps"] for r in rows] == [50, 50, 20]  # the sweep's row, the interval row, phase 2's 20 steps only
+    with pytest.raises(SystemExit):
+        shipped.main(common + ["--out", str(tmp_path / "b"), "--precision", "bf16"])
+    assert "bf16 autocast is not supported" in capsys.readouterr().err

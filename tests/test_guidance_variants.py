@@ -40,7 +40,7 @@ def setup():
 
 
 def eps_of(s, variant: str) -> torch.Tensor:
-    factory = gv.make_eps_fn_factory(gv.parse_variant(variant), s["schedule"], s["guide"], precision="fp32")
+    factory = gv.make_eps_fn_factory(gv.parse_variant(variant), s["schedule"], s["guide"])
     return factory(s["model"], s["labels"], cfg=2.0, null_label=3, T=T)(s["x"], s["t"])
 
 
@@ -59,6 +59,19 @@ def test_cfg_variant_is_the_librarys_cfg(setup):
         lib = guided_eps_fn(s["model"], s["labels"], cfg=w, null_label=3, T=T)(s["x"], s["t"])
         torch.testing.assert_close(eps_of(s, f"cfg:{w}"), lib, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(lib, s["u"] + w * (s["c"] - s["u"]), atol=1e-5, rtol=1e-4)
+
+
+def test_variants_run_the_network_in_the_precision_the_sampler_asks_for(setup):
+    """The factory gets the Setting's precision from the sampler (it once ran every variant in bf16 whatever that said,
+    which a CPU without bf16 emulates ~10x slower)."""
+    s = setup
+    factory = gv.make_eps_fn_factory(gv.parse_variant("cfg:2"), s["schedule"], s["guide"])
+    exact = s["u"] + 2.0 * (s["c"] - s["u"])
+    fp32 = factory(s["model"], s["labels"], cfg=2.0, null_label=3, T=T, precision="fp32")(s["x"], s["t"])
+    bf16 = factory(s["model"], s["labels"], cfg=2.0, null_label=3, T=T, precision="bf16")(s["x"], s["t"])
+    torch.testing.assert_close(fp32, exact, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(bf16, exact, atol=1e-4, rtol=1e-4)  # bf16 keeps 8 bits of mantissa
+    torch.testing.assert_close(bf16, exact, atol=0.1 * exact.abs().max().item(), rtol=0.05)
 
 
 def test_outside_the_interval_every_variant_is_plain_conditional(setup):
