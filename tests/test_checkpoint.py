@@ -92,17 +92,36 @@ def test_pipeline_loads_the_same_weights(saved):
     assert pipe.T == 500 and pipe.image_shape == (1, 12, 12)
 
 
-def test_loaded_on_a_cpu_the_convolutions_run_channels_last_and_save_plain(saved, tmp_path):
+def test_on_a_cpu_without_bf16_the_convolutions_run_channels_last_and_save_plain(saved, tmp_path, monkeypatch):
+    import ddpm.training
+
+    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
     folder, model = saved
     loaded, config = load_model(folder)
     convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert not all(c.weight.is_contiguous() for c in convs)  # really NHWC, not only 1x1 kernels
-    x, _, _ = _inputs()
+    x, t, y = _inputs()
     with torch.no_grad():  # activations follow the weights' layout
         assert loaded.stem(x).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(loaded(x, t, y), model(x, t, y), atol=1e-5, rtol=1e-5)
     save_checkpoint(tmp_path / "again", loaded, config)  # safetensors wants contiguous tensors: still saves
     assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (folder / WEIGHTS_NAME).read_bytes()
+
+
+def test_on_a_cpu_with_bf16_the_weights_stay_nchw(saved, monkeypatch):
+    """bf16 autocast's convolutions ran slower in channels-last (0.95x on the app's grid), so such a CPU keeps NCHW."""
+    import ddpm.training
+
+    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: True)
+    folder, model = saved
+    loaded, _ = load_model(folder)
+    convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous() for c in convs)
+    assert not all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x, _, _ = _inputs()
+    with torch.no_grad():
+        assert loaded.stem(x).is_contiguous()
 
 
 def test_fp16_weights(tmp_path):
