@@ -2,8 +2,9 @@
 
     python scripts/evaluate_shipped.py --checkpoint checkpoints/fashion-mnist --out bench/out/eval
 
-Phase 1 (--precision: bf16 where the CPU supports it, else fp32; N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2, 3, 5, and guided only in intervals of noise
-levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`, repeatable, replaces that list). The
+Phase 1 (--precision: bf16 where the CPU supports it, else fp32; N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2,
+3, 5, and guided only in intervals of noise levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`,
+repeatable, replaces that list). The
 default is the row that meets the target (accuracy >= 97% and FD <= 2x the real-data floor) with the lowest FD;
 if none does, the row with the lowest FD among those with accuracy >= 97% (the class a person asks for, as close
 to real data as guidance allows), else the most accurate.

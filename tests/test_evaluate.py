@@ -522,14 +522,21 @@ def test_cli_missing_or_mismatched_classifier(tiny_checkpoint, tmp_path, capsys)
     assert "no-model" in capsys.readouterr().err
 
 
-def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
-    """scripts/evaluate_shipped.py --class-cfg adds the per-class row; --default per-class records it as the default."""
+def evaluate_shipped_script():
+    """scripts/evaluate_shipped.py as a module, with one row of the plain CFG sweep (enough here)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("evaluate_shipped", Path(__file__).parents[1] / "scripts" / "evaluate_shipped.py")
+    path = Path(__file__).parents[1] / "scripts" / "evaluate_shipped.py"
+    spec = importlib.util.spec_from_file_location("evaluate_shipped", path)
     shipped = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shipped)
-    shipped.SWEEP = [1.0]  # one row of the plain CFG sweep is enough here
+    shipped.SWEEP = [1.0]
+    return shipped
+
+
+def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
+    """scripts/evaluate_shipped.py --class-cfg adds the per-class row; --default per-class records it as the default."""
+    shipped = evaluate_shipped_script()
     from ddpm.checkpoint import load_config
 
     per_class = [1.0 + c / 4 for c in range(load_config(tiny_checkpoint).model.num_classes)]
@@ -575,14 +582,9 @@ def test_evaluate_shipped_samples_in_fp32_where_the_cpu_has_no_bf16(tiny_checkpo
                                                                     monkeypatch, capsys):
     """--precision auto (the default) samples phase 1 in fp32 on a CPU without bf16 (it once forced bf16, emulated
     ~10x slower there); phase 2 then has no second fp32 row of the default. An explicit bf16 there is an error."""
-    import importlib.util
-
     import ddpm.training
 
-    spec = importlib.util.spec_from_file_location("evaluate_shipped", Path(__file__).parents[1] / "scripts" / "evaluate_shipped.py")
-    shipped = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shipped)
-    shipped.SWEEP = [1.0]
+    shipped = evaluate_shipped_script()
     monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
     common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
               "--batch-size", "20", "--ddpm-n-per-class", "0", "--interval", "2", "0.2", "0.8"]
