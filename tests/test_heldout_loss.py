@@ -61,7 +61,6 @@ def test_the_command_compares_checkpoints_on_the_same_test_images(tiny_checkpoin
     assert "--n must be a multiple of the 3 classes" in capsys.readouterr().err
 
 
-
 def test_auto_precision_is_fp32_where_bf16_is_unsupported(monkeypatch):
     """A CPU without bf16 would emulate it, about ten times slower: auto must run fp32 there, bf16 where supported."""
     import ddpm.training
