@@ -44,6 +44,7 @@ from .classifier import Classifier, load_classifier, load_split, predict
 from .data import load_dataset
 from .pipeline import Pipeline
 from .samplers import SAMPLERS
+from .training import resolve_precision
 
 
 # -- the statistics --------------------------------------------------------------------------------
@@ -439,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg, the "
                              "checkpoint's recommended interval, if any; with --cfg, every step")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="network precision while sampling")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="network precision while sampling; auto = bf16 where the device supports it (the app's "
+                             "choice), else fp32; default fp32, so that tables compare across machines")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100, help="images per sampler call")
     parser.add_argument("--seed", type=int, nargs="+", default=[0],
@@ -475,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         interval = tuple(interval) if interval else None
         spacing = float(args.spacing if args.spacing is not None else rec["spacing"])
         eta = float(args.eta if args.eta is not None else rec["eta"]) if sampler == "ddim" else 0.0
+        precision = resolve_precision(args.precision, torch.device(args.device))
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=eta, guidance_interval=interval,
-                            precision=args.precision, spacing=spacing, class_cfg=class_cfg)
+                            precision=precision, spacing=spacing, class_cfg=class_cfg)
                     for st in steps for w in (cfgs if class_cfg is None else cfgs[:1])]
         if len(set(args.seed)) != len(args.seed):
             raise ValueError(f"--seed lists a seed twice ({args.seed}); give distinct seeds")

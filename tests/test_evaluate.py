@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import ddpm.training
 from ddpm.checkpoint import CheckpointConfig, save_checkpoint
 from ddpm.classifier import Classifier, ClassifierConfig, load_split, predict, save_classifier, train_classifier
 from ddpm.data import MNIST_CLASSES, ImageDataset
@@ -511,6 +512,23 @@ def test_cli_bad_inputs(tiny_checkpoint, tiny_classifier, capsys, extra, message
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cli_precision_auto_follows_the_cpu(tiny_checkpoint, tiny_classifier, tmp_path, capsys, monkeypatch,
+                                            has_bf16):
+    """--precision auto samples in bf16 where the CPU supports it and in fp32 where it does not; an explicit bf16
+    where it is unsupported is a clear error (it once ran, emulated and slow)."""
+    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: has_bf16)
+    args = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2",
+            "--cfg", "2", "--n-per-class", "2", "--batch-size", "8"]
+    assert main(args + ["--precision", "auto", "--json", str(tmp_path / "auto.json")]) == 0
+    (row,) = json.loads((tmp_path / "auto.json").read_text())["results"]
+    assert row["precision"] == ("bf16" if has_bf16 else "fp32")
+    if not has_bf16:
+        capsys.readouterr()
+        assert main(args + ["--precision", "bf16"]) == 2
+        assert "bf16 autocast is not supported" in capsys.readouterr().err
+
+
 def test_cli_missing_or_mismatched_classifier(tiny_checkpoint, tmp_path, capsys):
     assert main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -582,8 +600,6 @@ def test_evaluate_shipped_samples_in_fp32_where_the_cpu_has_no_bf16(tiny_checkpo
                                                                     monkeypatch, capsys):
     """--precision auto (the default) samples phase 1 in fp32 on a CPU without bf16 (it once forced bf16, emulated
     ~10x slower there); phase 2 then has no second fp32 row of the default. An explicit bf16 there is an error."""
-    import ddpm.training
-
     shipped = evaluate_shipped_script()
     monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
     common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
