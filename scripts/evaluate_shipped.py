@@ -4,17 +4,15 @@
 
 Phase 1 (--precision: bf16 where the CPU supports it, else fp32; N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2,
 3, 5, and guided only in intervals of noise levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`,
-repeatable, replaces that list). The
-default is the row that meets the target (accuracy >= 97% and FD <= 2x the real-data floor) with the lowest FD;
-if none does, the row with the lowest FD among those with accuracy >= 97% (the class a person asks for, as close
-to real data as guidance allows), else the most accurate.
+repeatable, replaces that list). The default is the row that meets the target (accuracy >= 97% and FD <= 2x the
+real-data floor) with the lowest FD; if none does, the row with the lowest FD among those with accuracy >= 97% (the
+class a person asks for, as close to real data as guidance allows), else the most accurate.
 --class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing, with
-`--sampler`: DDIM, or DPM-Solver++(2M) for the same ODE solved to second order), and
-`--default per-class` makes it the default whatever the single draw here says (for scales chosen over several draws
-with bench/class_guidance.py). --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it
-lacks. Phase 2: that default in fp32
-(what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32 skips it, and a phase 1 in fp32
-has it already) and at DDIM 20 steps.
+`--sampler`: DDIM, or DPM-Solver++(2M) for the same ODE solved to second order), and `--default per-class` makes it
+the default whatever the single draw here says (for scales chosen over several draws with bench/class_guidance.py).
+--reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it lacks.
+Phase 2: that default in fp32 (what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32
+skips it, and a phase 1 in fp32 has it already) and at DDIM 20 steps.
 Phase 3: DDPM ancestral with all 1000 steps at the default, at a smaller N (it costs 20x a 50-step row), with its
 own floor.
 
