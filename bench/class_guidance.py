@@ -39,7 +39,7 @@ from ddpm.evaluate import (  # noqa: E402
 )
 from ddpm.pipeline import load  # noqa: E402
 from ddpm.samplers import SAMPLERS  # noqa: E402
-from ddpm.training import resolve_precision  # noqa: E402
+from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 Row = tuple[np.ndarray, np.ndarray]  # (pred (N,), features (N, D)) of one evaluation row, sorted by class
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="score this per-class vector on the --tune and --check seeds (repeatable)")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help="auto = bf16 where the CPU supports it, else fp32 (emulated bf16 is ~10x slower)")
     parser.add_argument("--cache", default=str(ROOT / "bench" / "out" / "class_guidance"),
                         help="folder for the sampled slices' predictions and features")

@@ -43,7 +43,7 @@ from ddpm.checkpoint import load_config, load_model  # noqa: E402
 from ddpm.classifier import load_classifier  # noqa: E402
 from ddpm.evaluate import Setting, build_reference, default_classifier, evaluate_setting  # noqa: E402
 from ddpm.pipeline import load  # noqa: E402
-from ddpm.training import resolve_precision  # noqa: E402
+from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 VARIANTS = ("cfg", "apg", "rescale", "lowpass", "auto", "autou")
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (image i uses seed * N + i)")
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help="auto = bf16 where the CPU supports it, else fp32 (emulated bf16 is ~10x slower)")
     parser.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
     args = parser.parse_args(argv)

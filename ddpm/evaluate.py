@@ -44,7 +44,7 @@ from .classifier import Classifier, load_classifier, load_split, predict
 from .data import load_dataset
 from .pipeline import Pipeline
 from .samplers import SAMPLERS
-from .training import resolve_precision
+from .training import PRECISION_CHOICES, resolve_precision
 
 
 # -- the statistics --------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg, the "
                              "checkpoint's recommended interval, if any; with --cfg, every step")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="network precision while sampling; auto = bf16 where the device supports it (the app's "
                              "choice), else fp32; default fp32, so that tables compare across machines")
     parser.add_argument("--n-per-class", type=int, default=100)

@@ -35,7 +35,7 @@ from ddpm.checkpoint import load_config  # noqa: E402
 from ddpm.evaluate import Setting, cfg_text, markdown_table, run  # noqa: E402
 from ddpm.hub import resolve_checkpoint  # noqa: E402
 from ddpm.samplers import SAMPLERS  # noqa: E402
-from ddpm.training import resolve_precision  # noqa: E402
+from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
                    help="phase 2's fp32 row of the default (--no-fp32 skips it: it costs ~3x a bf16 row)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="phase 1's precision: auto = bf16 where the CPU supports it, else fp32 (bf16 emulated on a "
                         "CPU without it is ~10x slower)")
     p.add_argument("--reuse-phase1", action="store_true",

@@ -24,7 +24,7 @@ from ddpm.classifier import load_split  # noqa: E402
 from ddpm.data import to_model_range  # noqa: E402
 from ddpm.evaluate import balanced_subset  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
-from ddpm.training import resolve_precision  # noqa: E402
+from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoints", nargs="+", help="checkpoint or run folders (a run folder holds its EMA weights)")
     p.add_argument("--n", type=int, default=2000, help="test images, balanced over the classes")
     p.add_argument("--draws", type=int, default=8, help="(t, eps) draws per image")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="auto = bf16 autocast where the CPU supports it, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
