@@ -35,11 +35,11 @@ from .samplers import (
     timesteps_for,
 )
 from .schedule import NoiseSchedule
+from .training import PRECISION_CHOICES, bf16_supported
 
 IMAGE_COUNTS = (1, 4, 9, 16)
 SEED_MAX = 2**32 - 1  # seeds a browser can hold exactly; images use seed .. seed + n - 1
 CFG_MAX = 10.0
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
 AUTO_BF16_MIN_BATCH = 16  # below this, bf16 autocast saves little and costs a cast per layer
 GUIDANCE_SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
 LABEL_SEP = " · "
@@ -83,8 +83,6 @@ def _integer(name: str, value: object, lo: int, hi: int) -> int:
 @functools.cache
 def bf16_available() -> bool:
     """Whether bf16 autocast works on this CPU (checked once)."""
-    from .training import bf16_supported
-
     return bf16_supported(torch.device("cpu"))
 
 
