@@ -438,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, default=None,
                         help="time-step spacing power, 1 = even steps in t (default: the checkpoint's, else 1)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                        help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg or --class-cfg, "
-                             "the checkpoint's recommended interval, if any; with either, every step")
+                        help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg or "
+                             "--class-cfg, the checkpoint's recommended interval, if any; with either, every step")
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="network precision while sampling; auto = bf16 where the device supports it (the app's "
                              "choice), else fp32; default fp32, so that tables compare across machines")
