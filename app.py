@@ -32,7 +32,7 @@ from ddpm.frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.plots import schedule_plot
-from ddpm.samplers import MAX_SPACING, SAMPLERS
+from ddpm.samplers import MAX_REDRAWS, MAX_SPACING, SAMPLERS
 from ddpm.studio import (
     CFG_MAX,
     GUIDANCE_SCALES,
@@ -83,6 +83,12 @@ and a lot pulls every sample towards the same few shapes; at the cleanest steps 
 (about 50 is plenty), DDPM ancestral adds fresh noise at every step and needs more. DPM-Solver++(2M) follows the
 same path as DDIM but also uses the previous step's x₀ prediction to take curved steps: the same cost per step,
 closer to where many small steps would land.
+
+**Redraw rounds.** When an image is done, the model checks it itself: it noises the image again at several noise
+levels and asks which class's prediction explains it best. An image it reads as another class (a "Sneaker" that
+looks more like a sandal) is drawn again from new noise, and the trajectory of the redraw is streamed too. This
+removes the few ambiguous samples instead of pushing every sample harder towards its class, as a larger CFG scale
+would: a higher share of the requested class at a smaller cost in variety.
 """
 
 FORWARD_EXPLANATION = """
@@ -149,6 +155,7 @@ def _defaults(pipe: Pipeline) -> dict:
     finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     spacing = s["spacing"] if finite(s["spacing"]) else fallback["spacing"]
     eta = s["eta"] if finite(s["eta"]) else fallback["eta"]
+    redraws = s["redraws"] if isinstance(s["redraws"], int) and not isinstance(s["redraws"], bool) else 0
     w = lambda v: float(min(max(v, 0.0), CFG_MAX))  # noqa: E731
     per_class = tuple(w(v) for v in s["class_cfg"]) if s["class_cfg"] is not None and pipe.conditional else None
     return {
@@ -159,6 +166,7 @@ def _defaults(pipe: Pipeline) -> dict:
         "cfg": per_class[0] if per_class else w(cfg),  # the class dropdown starts at class 0
         "class_cfg": per_class,  # one recommended scale per class (config.json validated it), or None
         "sampler": s["sampler"] if s["sampler"] in SAMPLERS else fallback["sampler"],
+        "redraws": int(min(max(redraws, 0), MAX_REDRAWS)) if pipe.conditional else 0,
     }
 
 
@@ -211,11 +219,13 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
     labels0 = label_choices(pipe0)
 
     # ---- handlers (closures over the shared, read-only registry; per-user data lives in gr.State) ----
-    def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False, spacing=1.0):
+    def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False, spacing=1.0,
+                 redraws=0):
         """Stream x_t and x0_pred while sampling, then the final grid, GIF, MP4 and the recorded frames."""
         pipe = _checked(registry.get, model)
         run = _checked(parse_run, pipe, label=label, cfg=cfg, steps=steps, seed=seed, n_images=n_images,
-                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance, spacing=spacing)
+                       sampler=sampler, eta=eta, precision=precision, limit_guidance=limit_guidance, spacing=spacing,
+                       redraws=redraws)
         rec = Recorder(pipe.schedule, run.timesteps(pipe.T))
         throttle, plan, pending = Throttle(STREAM_RATE), None, False
         t0 = time.perf_counter()
@@ -229,10 +239,12 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             if step.is_last or (pending and throttle.ready()):
                 throttle.mark()
                 pending = False
+                redraw = (f"**Redraw {step.draw}**: the images the model read as another class, again · "
+                          if step.draw else "")
                 yield {
                     live_xt: _enlarged(to_grid(step.x_t)),
                     live_x0: _enlarged(to_grid(step.x0_pred)),
-                    status: f"**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · seed {run.seed} · "
+                    status: f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · seed {run.seed} · "
                             f"{time.perf_counter() - t0:.1f} s",
                 }
         sample_s = time.perf_counter() - t0
@@ -249,7 +261,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             files: [str(png), str(gif), str(mp4)],
             frames: rec.frames,
             scrubber: gr.update(minimum=0, maximum=len(rec.frames) - 1, value=len(rec.frames) - 1, interactive=True),
-            status: f"**Done:** {run.steps} steps in {sample_s:.2f} s · seed {run.seed}",
+            status: f"**Done:** {run.steps} steps in {sample_s:.2f} s · seed {run.seed}"
+                    + (f" · {step.draw} redraw round{'s' if step.draw > 1 else ''}" if step.draw else ""),
             run_info: f"{run.describe()} · sampling {sample_s:.2f} s, files {total_s - sample_s:.2f} s",
         }
 
@@ -301,6 +314,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
             sampler_rd: d["sampler"],
             eta_sl: gr.update(value=d["eta"], visible=d["sampler"] == "ddim"),
             spacing_sl: d["spacing"],
+            redraws_sl: gr.update(value=d["redraws"], visible=cond),
             explorer: gr.update(visible=cond),
             t_sl: gr.update(maximum=pipe.T - 1, value=min(pipe.T // 4, pipe.T - 1)),
         }
@@ -385,6 +399,11 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                                                    info="where the steps fall: t = (T-1)(1 - i/(S-1))^p; 1 = evenly "
                                                         "in t, 2 = quadratic (more steps at low noise, where the "
                                                         "details form)")
+                            redraws_sl = gr.Slider(0, MAX_REDRAWS, value=d0["redraws"], step=1, label="Redraw rounds",
+                                                   visible=pipe0.conditional, elem_id="redraws",
+                                                   info="the model checks each finished image: one it reads as "
+                                                        "another class is drawn again from new noise, up to this "
+                                                        "many times (0 = off)")
                             precision_rd = gr.Radio(list(PRECISION_CHOICES), value="auto", label="Precision",
                                                     info="auto = bf16 when the network batch is 16 or more")
                         with gr.Row():
@@ -441,7 +460,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
 
         # ---- wiring ------------------------------------------------------------------------------
         run_inputs = [model_dd, label_dd, cfg_sl, steps_sl, seed_nb, count_rd, sampler_rd, eta_sl, precision_rd,
-                      interval_cb, spacing_sl]
+                      interval_cb, spacing_sl, redraws_sl]
         gen_event = gen_btn.click(
             generate, run_inputs,
             [live_xt, live_x0, status, final_img, video, files, frames, scrubber, run_info],
@@ -467,7 +486,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         model_dd.input(
             select_model, model_dd,
             [model_dd, model_note, model_info, label_dd, cfg_sl, class_scales, interval_cb, steps_sl, sampler_rd,
-             eta_sl, spacing_sl, explorer, t_sl],
+             eta_sl, spacing_sl, redraws_sl, explorer, t_sl],
             api_visibility="private", concurrency_id="model",
         ).then(example_choices, model_dd, example_dd, api_visibility="private")
         example_dd.change(pick_example, [model_dd, example_dd], [x0_state, x0_img], api_visibility="private").then(

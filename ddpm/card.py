@@ -65,8 +65,10 @@ def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
         settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
     else:
         settings = {k: v for k, v in config.recommended_sampling().items()
-                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg")
+                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg", "redraws")
                     and v is not None}
+        if not settings.get("redraws"):
+            settings.pop("redraws", None)
         if settings.get("spacing") == 1.0:
             settings.pop("spacing")  # the default: keep the usage line short
         if "guidance_interval" in settings:
@@ -74,6 +76,7 @@ def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
     if config.model.num_classes is None:
         settings.pop("cfg")
         settings.pop("guidance_interval", None)
+        settings.pop("redraws", None)
     return settings
 
 
@@ -100,6 +103,8 @@ def grid_caption(config: CheckpointConfig) -> str:
         text += ", " + guidance_text(g, config.class_names)
         if g.get("guidance_interval"):
             text += " for t/T in {:g}..{:g}".format(*g["guidance_interval"])
+    if g.get("redraws"):
+        text += f", up to {g['redraws']} redraw round(s) of the images the model reads as another class"
     text += ", seed 0" + (" (the recommended settings)" if config.sampling else "")
     return text + "."
 
@@ -181,6 +186,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         interval = f", guidance_interval=({gi[0]:g}, {gi[1]:g})" if gi else ""
         interval += f", spacing={float(sampling['spacing']):g}" if sampling.get("spacing", 1.0) != 1.0 else ""
         interval += f", eta={eta:g}" if eta else ""
+        interval += f", redraws={int(sampling['redraws'])}" if sampling.get("redraws") else ""
         out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
                    f'steps={sampling["steps"]}, cfg={(sampling["class_cfg"] or [sampling["cfg"]])[0]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
         if sampling.get("class_cfg"):
@@ -206,7 +212,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
                                  f"{', ' + guidance_text(sampling, config.class_names) if conditional else ''}"
                                  f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"
                                  f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"
-                                 f"{', eta {:g}'.format(eta) if eta else ''}"),
+                                 f"{', eta {:g}'.format(eta) if eta else ''}"
+                                 f"{', up to {} redraw round(s) of samples the model reads as another class'.format(int(sampling['redraws'])) if conditional and sampling.get('redraws') else ''}"),
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 

@@ -34,7 +34,8 @@ STATE_NAME = "training_state.pt"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What sampling uses where config.json's "sampling" is silent: the one fallback for the app, the CLIs and the cards.
 DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior",
-                                    "guidance_interval": None, "spacing": 1.0, "class_cfg": None}
+                                    "guidance_interval": None, "spacing": 1.0, "class_cfg": None, "redraws": 0,
+                                    "redraw_threshold": 0.0}
 
 
 class CheckpointError(ValueError):

@@ -152,6 +152,8 @@ class Setting:
     precision: str = "fp32"
     spacing: float = 1.0  # time-step spacing power (1 = even steps in t)
     class_cfg: tuple[float, ...] | None = None  # one guidance scale per class, replacing cfg
+    redraws: int = 0  # rounds of redrawing what the model reads as another class (ddpm.selfcheck)
+    redraw_threshold: float = 0.0
 
 
 FLOOR_DRAWS = 10  # other random sets of N training images whose FDs show how much the floor itself varies
@@ -216,7 +218,8 @@ def generate(pipe: Pipeline, labels: torch.Tensor, setting: Setting, *, seed: in
         part = labels[start : start + batch_size].tolist()
         x = pipe.sample(part, seed=seed + start, sampler=setting.sampler, steps=setting.steps, cfg=setting.cfg,
                         eta=setting.eta, guidance_interval=setting.guidance_interval, precision=setting.precision,
-                        spacing=setting.spacing, class_cfg=setting.class_cfg)
+                        spacing=setting.spacing, class_cfg=setting.class_cfg, redraws=setting.redraws,
+                        redraw_threshold=setting.redraw_threshold)
         out.append(to_uint8_images(x))
         if progress:
             progress(start + len(part), len(labels))
@@ -270,6 +273,14 @@ def check_compatible(pipe: Pipeline, classifier: Classifier, classifier_info: di
         raise ValueError(f"class names differ: model {list(pipe.class_names)}, classifier {names}")
 
 
+def sampler_text(row: dict[str, Any]) -> str:
+    """The sampler cell of a row: its name, with its redraw rounds and threshold if it redraws."""
+    if not row.get("redraws"):
+        return row["sampler"]
+    thr = row.get("redraw_threshold", 0.0)
+    return f"{row['sampler']} + {row['redraws']} redraws" + (f" (margin <= {thr:g})" if thr else "")
+
+
 def cfg_text(row: dict[str, Any]) -> str:
     """The CFG cell of a row: its scale w, or "per class: w_0/w_1/..." for per-class scales."""
     if row.get("class_cfg"):
@@ -296,7 +307,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
         optional = (f"{r.get('spacing', 1.0):g} | " if spaced else "") + (f"{r.get('eta', 0.0):g} | " if noisy else "")
-        lines.append(f"| {r['sampler']} | {r['steps']} | {optional}{cfg_text(r)} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
+        lines.append(f"| {sampler_text(r)} | {r['steps']} | {optional}{cfg_text(r)} | {gi} | {r['precision']} | {r['accuracy']:.1%} | "
                      f"{r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['nn_to_train']:.3f} | {r['nn_over_test']:.2f} | "
                      + (f"{r['copies']:.1%} | " if copies else "") + f"{r['seconds']:.0f} |")
     copy_note = (f"; copies (nearest training image at most 1/3 as far as the second nearest) among those test "
@@ -331,7 +342,7 @@ def run(checkpoint: str, classifier_dir: str, settings: Sequence[Setting], *, n_
     for s in settings:  # fail before the slow part
         pipe.stream([0], seed=0, sampler=s.sampler, steps=s.steps, cfg=s.cfg, eta=s.eta,
                     guidance_interval=s.guidance_interval, precision=s.precision, spacing=s.spacing,
-                    class_cfg=s.class_cfg)
+                    class_cfg=s.class_cfg, redraws=s.redraws, redraw_threshold=s.redraw_threshold)
     classifier, info = load_classifier(classifier_dir, device=device)
     check_compatible(pipe, classifier, info)
     m = pipe.config.model
@@ -377,21 +388,44 @@ def seed_summary(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     At N = 1000 one seed's FD ratio moves by half or more between draws (the floor is a draw too), so a setting is
     judged by how it does on every seed, not on one.
+
+    Where the reports carry their FDs and floors, each row also has `fd_mean_over_floor_mean`: the samples' mean FD
+    over the mean of every real-data floor the reports drew (each seed's own and the shared FLOOR_DRAWS sets). That
+    is the expected FD against the expected floor at this N, with a far steadier denominator than one seed's floor
+    (the mean of per-seed ratios also carries each floor's noise, and E[1 / floor] > 1 / E[floor]).
+    `accuracy_se` is the standard error of the mean accuracy over the seeds (sample sd / sqrt(seeds)).
     """
     if not reports:
         raise ValueError("no reports to summarise")
     keys = [[_setting_key(r) for r in rep["results"]] for rep in reports]
     if any(k != keys[0] for k in keys):
         raise ValueError("the reports evaluate different settings; summarise reports of the same settings only")
+    floors = _pooled_floors(reports)
     rows = []
     for i, key in enumerate(keys[0]):
         acc = [rep["results"][i]["accuracy"] for rep in reports]
         ratio = [rep["results"][i]["fd_over_floor"] for rep in reports]
+        fd = [rep["results"][i].get("fd") for rep in reports]
+        fd_mean = float(np.mean(fd)) if None not in fd else None
         rows.append({**dict(key), "seeds": [rep["seed"] for rep in reports], "accuracy": acc,
                      "fd_over_floor": ratio, "accuracy_mean": float(np.mean(acc)),
+                     "accuracy_se": float(np.std(acc, ddof=1) / math.sqrt(len(acc))) if len(acc) > 1 else None,
                      "fd_over_floor_mean": float(np.mean(ratio)), "accuracy_min": min(acc),
-                     "fd_over_floor_max": max(ratio)})
+                     "fd_over_floor_max": max(ratio), "fd_mean": fd_mean,
+                     "floor_mean": float(np.mean(floors)) if floors else None, "floors_pooled": len(floors),
+                     "fd_mean_over_floor_mean": fd_mean / float(np.mean(floors))
+                     if fd_mean is not None and floors and np.mean(floors) > 0 else None})
     return rows
+
+
+def _pooled_floors(reports: Sequence[dict[str, Any]]) -> list[float]:
+    """Every real-data floor the reports drew: each seed's own, and each distinct set of shared draws once (every
+    seed's report lists the same FLOOR_DRAWS sets). Empty if a report lacks its floor."""
+    refs = [rep.get("reference") or {} for rep in reports]
+    if any("fd_train_floor" not in r for r in refs):
+        return []
+    shared = {tuple(r.get("fd_floor_draws") or ()) for r in refs}
+    return [r["fd_train_floor"] for r in refs] + [f for draws in sorted(shared) for f in draws]
 
 
 def _setting_key(row: dict[str, Any]) -> tuple:
@@ -399,24 +433,36 @@ def _setting_key(row: dict[str, Any]) -> tuple:
     return (("sampler", row["sampler"]), ("steps", row["steps"]), ("cfg", row["cfg"]), ("eta", row.get("eta", 0.0)),
             ("guidance_interval", list(gi) if gi else None), ("precision", row["precision"]),
             ("spacing", row.get("spacing", 1.0)),
-            ("class_cfg", list(row["class_cfg"]) if row.get("class_cfg") else None))
+            ("class_cfg", list(row["class_cfg"]) if row.get("class_cfg") else None),
+            ("redraws", row.get("redraws", 0)), ("redraw_threshold", row.get("redraw_threshold", 0.0)))
 
 
 def seed_table(summary: Sequence[dict[str, Any]]) -> str:
     """seed_summary as a markdown table: accuracy / FD over the floor at each seed, then the means."""
     seeds = summary[0]["seeds"]
     lines = ["| sampler | steps | spacing | eta | CFG | guidance interval | "
-             + " | ".join(f"seed {s}" for s in seeds) + " | mean | worst |",
-             "|---|---:|---:|---:|---:|---|" + "---|" * (len(seeds) + 2)]
+             + " | ".join(f"seed {s}" for s in seeds) + " | mean | worst | mean FD / mean floor |",
+             "|---|---:|---:|---:|---:|---|" + "---|" * (len(seeds) + 2) + "---:|"]
     for r in summary:
         gi = "-" if not r["guidance_interval"] else "{:g}..{:g}".format(*r["guidance_interval"])
         cells = [f"{a:.1%} / {f:.2f}x" for a, f in zip(r["accuracy"], r["fd_over_floor"])]
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['spacing']:g} | {r['eta']:g} | {cfg_text(r)} | {gi} | "
+        lines.append(f"| {sampler_text(r)} | {r['steps']} | {r['spacing']:g} | {r['eta']:g} | {cfg_text(r)} | {gi} | "
                      + " | ".join(cells) + f" | {r['accuracy_mean']:.1%} / {r['fd_over_floor_mean']:.2f}x | "
-                     f"{r['accuracy_min']:.1%} / {r['fd_over_floor_max']:.2f}x |")
+                     f"{r['accuracy_min']:.1%} / {r['fd_over_floor_max']:.2f}x | {_pooled_text(r)} |")
     lines += ["", "Each cell: class accuracy / FD over that seed's own real-data floor. Worst: the lowest accuracy "
-              "and the highest FD / floor over the seeds (not always the same seed)."]
+              "and the highest FD / floor over the seeds (not always the same seed). Mean FD / mean floor: the "
+              "samples' mean FD over the mean of all the floors drawn (each seed's and the shared draws; their "
+              "number in brackets); ± is the standard error of the mean accuracy."]
     return "\n".join(lines)
+
+
+def _pooled_text(row: dict[str, Any]) -> str:
+    """The 'mean FD / mean floor' cell: e.g. '0.446 / 0.225 = 1.98x (18 floors), 97.0% ± 0.2'."""
+    if row.get("fd_mean_over_floor_mean") is None:
+        return "-"
+    se = f" ± {row['accuracy_se'] * 100:.1f}" if row.get("accuracy_se") is not None else ""
+    return (f"{row['fd_mean']:.3f} / {row['floor_mean']:.3f} = {row['fd_mean_over_floor_mean']:.2f}x "
+            f"({row['floors_pooled']} floors), {row['accuracy_mean']:.1%}{se}")
 
 
 def default_classifier(dataset: str) -> str:
@@ -440,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="apply CFG only for t/T in [LO, HI] (w = 1 elsewhere); default: without --cfg or "
                              "--class-cfg, the checkpoint's recommended interval, if any; with either, every step")
+    parser.add_argument("--redraws", type=int, default=None,
+                        help="rounds of redrawing the samples the model itself reads as another class "
+                             "(ddpm.selfcheck; default: the checkpoint's, else 0 = off)")
+    parser.add_argument("--redraw-threshold", type=float, default=None,
+                        help="redraw when the requested class's relative margin is <= this (default: the "
+                             "checkpoint's, else 0)")
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="network precision while sampling; auto = bf16 where the device supports it (the app's "
                              "choice), else fp32; default fp32, so that tables compare across machines")
@@ -479,8 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         spacing = float(args.spacing if args.spacing is not None else rec["spacing"])
         eta = float(args.eta if args.eta is not None else rec["eta"]) if sampler == "ddim" else 0.0
         precision = resolve_precision(args.precision, torch.device(args.device))
+        redraws = int(args.redraws if args.redraws is not None else rec["redraws"])
+        threshold = float(args.redraw_threshold if args.redraw_threshold is not None else rec["redraw_threshold"])
         settings = [Setting(sampler=sampler, steps=st, cfg=w, eta=eta, guidance_interval=interval,
-                            precision=precision, spacing=spacing, class_cfg=class_cfg)
+                            precision=precision, spacing=spacing, class_cfg=class_cfg, redraws=redraws,
+                            redraw_threshold=threshold)
                     for st in steps for w in (cfgs if class_cfg is None else cfgs[:1])]
         if len(set(args.seed)) != len(args.seed):
             raise ValueError(f"--seed lists a seed twice ({args.seed}); give distinct seeds")

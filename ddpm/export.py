@@ -31,7 +31,8 @@ from .card import read_card_notes
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
 from .samplers import SAMPLERS, SamplerOptions
 from .training import TRAIN_CONFIG_NAME
-SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg")
+SAMPLING_KEYS = ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg", "redraws",
+                 "redraw_threshold")
 
 
 def check_sampling(sampling: dict[str, Any], T: int, num_classes: int | None = None) -> dict[str, Any]:
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="recommended guidance interval: CFG only for t/T in [LO, HI]")
     p.add_argument("--spacing", type=float, default=None,
                    help="recommended time-step spacing power (1 = even steps in t, 2 = quadratic)")
+    p.add_argument("--redraws", type=int, default=None,
+                   help="recommended rounds of redrawing the samples the model reads as another class (ddpm.selfcheck)")
+    p.add_argument("--redraw-threshold", type=float, default=None,
+                   help="recommended margin at or below which a sample is redrawn (default 0)")
     p.add_argument("--evaluation", default=None, help="a `python -m ddpm.evaluate --json` report to include")
     p.add_argument("--card-notes", default=None, metavar="JSON",
                    help='rows for the model card, a JSON object such as {"compute time": "6 h", "reproduce": "..."}; '

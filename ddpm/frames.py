@@ -80,10 +80,11 @@ class Frame:
     t: int
     x_t: np.ndarray
     x0_pred: np.ndarray
+    draw: int = 0  # 0 = the first draw, r = redraw round r (its steps run again)
 
     @property
     def caption(self) -> str:
-        return f"step {self.index + 1}/{self.num_steps} · t = {self.t}"
+        return (f"redraw {self.draw} · " if self.draw else "") + f"step {self.index + 1}/{self.num_steps} · t = {self.t}"
 
 
 def to_grid(x: torch.Tensor) -> np.ndarray:
@@ -120,7 +121,8 @@ class Throttle:
 class Recorder:
     """Keeps the log-SNR-spaced steps of one run as small uint8 grids (a few dozen at most).
 
-    Memory is bounded by max_frames * 2 grids; nothing else of the run is kept.
+    Memory is bounded by max_frames * 2 grids per draw (redraw rounds record their steps too); nothing else of the
+    run is kept.
     """
 
     def __init__(self, schedule: NoiseSchedule, timesteps: Sequence[int], *, max_frames: int = 40) -> None:
@@ -133,7 +135,7 @@ class Recorder:
         """Record the step if it is one of the chosen frames; return the Frame or None."""
         if step.index not in self.keep:
             return None
-        frame = Frame(step.index, step.num_steps, step.t, to_grid(step.x_t), to_grid(step.x0_pred))
+        frame = Frame(step.index, step.num_steps, step.t, to_grid(step.x_t), to_grid(step.x0_pred), step.draw)
         self.frames.append(frame)
         return frame
 

@@ -111,6 +111,8 @@ class Pipeline:
         precision: str = "fp32",
         spacing: float = 1.0,
         class_cfg: Sequence[float] | None = None,
+        redraws: int = 0,
+        redraw_threshold: float = 0.0,
     ) -> Iterator[Step]:
         """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names.
 
@@ -118,11 +120,14 @@ class Pipeline:
         spacing: where the `steps` time steps sit, t_i = (T-1) (1 - i/(steps-1))^spacing (1 = evenly in t).
         class_cfg: one guidance scale per class (index = class index), used instead of cfg: image i is guided
         with class_cfg[label_i].
+        redraws: up to this many rounds of drawing again the images the model itself reads as another class
+        (ddpm.selfcheck; relative margin <= redraw_threshold); their steps are yielded too, with Step.draw = round.
         """
         y, count = self._labels(labels, n)
         options = SamplerOptions(sampler=sampler, steps=steps, cfg=cfg, eta=eta, variance=variance, clip_x0=clip_x0,
                                  guidance_interval=guidance_interval, precision=precision, spacing=spacing,
-                                 class_cfg=tuple(class_cfg) if isinstance(class_cfg, (list, tuple)) else class_cfg)
+                                 class_cfg=tuple(class_cfg) if isinstance(class_cfg, (list, tuple)) else class_cfg,
+                                 redraws=redraws, redraw_threshold=redraw_threshold)
         options.validate(self.T, num_classes=self.config.model.num_classes)  # fail now, not at the first next()
         check_seed(seed, count)
         return sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=options,

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"apply CFG only for t/T in [LO, HI], w = 1 elsewhere ({rec} none)")
     gi.add_argument("--full-guidance", action="store_true",
                     help="apply CFG at every step, even if the checkpoint recommends an interval")
+    p.add_argument("--redraws", type=int, default=None,
+                   help="rounds of drawing again the images the model itself reads as another class, 0 = off "
+                        f"({rec} {DEFAULTS['redraws']})")
     p.add_argument("--no-clip", action="store_true", help="do not clip x0_pred to [-1, 1] at each step")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -127,6 +130,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
                     variance=pick("variance"), spacing=float(pick("spacing")), clip_x0=not args.no_clip,
                     precision=args.precision, seed=args.seed, class_cfg=class_cfg,
+                    redraws=int(pick("redraws")) if pipe.conditional else 0,
                     guidance_interval=tuple(interval) if interval is not None and pipe.conditional else None)
     labels, n, nrow = _labels(pipe, args.label, args.n)
 

@@ -41,6 +41,7 @@ SAMPLER_NAMES: dict[str, str] = {"ddpm": "DDPM ancestral", "ddim": "DDIM", "dpm+
 VARIANCES: tuple[str, ...] = ("posterior", "beta")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 MAX_SEED = 2**63 - 1
+MAX_REDRAWS = 5
 MAX_SPACING = 4.0  # the largest time-step spacing power
 
 
@@ -59,6 +60,7 @@ class Step:
     t: int
     x_t: torch.Tensor
     x0_pred: torch.Tensor
+    draw: int = 0  # 0 = the first draw; r = redraw round r (SamplerOptions.redraws), whose steps re-run 0..S-1
 
     @property
     def is_last(self) -> bool:
@@ -79,6 +81,8 @@ class SamplerOptions:
     precision: str = "fp32"  # network precision: "fp32" or "bf16" (autocast)
     spacing: float = 1.0  # kept time steps at t = (T-1) (1 - i/(S-1))^spacing: 1 = even, 2 = quadratic
     class_cfg: tuple[float, ...] | None = None  # one w per class (index = label); replaces cfg for every image
+    redraws: int = 0  # rounds of redrawing the images the model reads as another class (ddpm.selfcheck); 0 = off
+    redraw_threshold: float = 0.0  # redraw when the own class's relative margin is <= this
 
     def validate(self, T: int, num_classes: int | None = None) -> None:
         """Raise ValueError naming what is wrong. num_classes: the model's (None = unconditional), for class_cfg."""
@@ -109,6 +113,14 @@ class SamplerOptions:
                 "needs variance='posterior' (sigma^2 = beta is several times worse at few steps)"
             )
         check_spacing(self.spacing)
+        if isinstance(self.redraws, bool) or not isinstance(self.redraws, (int, np.integer)) \
+                or not 0 <= self.redraws <= MAX_REDRAWS:
+            raise ValueError(f"redraws must be an integer in 0..{MAX_REDRAWS} (0 = off), got {self.redraws!r}")
+        if self.redraws and num_classes is None:
+            raise ValueError("redraws need a class-conditional model: the check asks which class explains an image")
+        if isinstance(self.redraw_threshold, bool) or not isinstance(self.redraw_threshold, (int, float)) \
+                or not -1.0 <= self.redraw_threshold <= 1.0:
+            raise ValueError(f"redraw_threshold must be a number in [-1, 1], got {self.redraw_threshold!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.guidance_interval is not None:
@@ -368,14 +380,61 @@ def sample_steps(
     image_shape: tuple[int, int, int],
     device: torch.device | str = "cpu",
 ) -> Iterator[Step]:
-    """Sample n images step by step. Image i uses its own generator seeded seed+i (x_T and every step's noise)."""
+    """Sample n images step by step. Image i uses its own generator seeded seed+i (x_T and every step's noise).
+
+    With options.redraws = R > 0 (conditional models), the finished images are checked by the model itself
+    (ddpm.selfcheck): those it reads as another class are drawn again from fresh noise, up to R rounds, keeping
+    each image's draw with the larger margin. A redraw round yields its steps again (Step.draw = r), with the
+    images not being redrawn held at their final values; the last Step yielded holds the kept images.
+    """
     options.validate(schedule.T, num_classes=null_label)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     device = torch.device(device)
-    rngs = make_rngs(seed, n)
-    x_T = randn_per_image(rngs, image_shape, device)
+    check_seed(seed, n)
+    seeds = [int(seed) + i for i in range(n)]
     y = labels.to(device) if labels is not None else None
+    last = None
+    for last in _draw_steps(model, schedule, seeds, y, options, null_label, image_shape, device, draw=0):
+        yield last
+    if not options.redraws or y is None or null_label is None:
+        return
+    from .selfcheck import check_seeds, class_errors, redraw_seeds, relative_margin
+
+    def margins(x0: torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
+        draw_seeds = redraw_seeds([seeds[i] for i in idx.tolist()], draw)
+        errors = class_errors(model, schedule, x0, num_classes=null_label, seeds=check_seeds(draw_seeds),
+                              precision=options.precision)
+        return relative_margin(errors, y[idx].cpu())
+
+    final, final_x0 = last.x_t.clone(), last.x0_pred.clone()
+    margin = margins(final, torch.arange(n), 0)
+    redrawn = 0  # the last round that redrew anything
+    for draw in range(1, int(options.redraws) + 1):
+        bad = (margin <= options.redraw_threshold).nonzero().squeeze(1)
+        if not len(bad):
+            break
+        redrawn = draw
+        part = None
+        for part in _draw_steps(model, schedule, redraw_seeds([seeds[i] for i in bad.tolist()], draw), y[bad],
+                                options, null_label, image_shape, device, draw=draw):
+            x_t, x0_pred = final.clone(), final_x0.clone()
+            x_t[bad], x0_pred[bad] = part.x_t, part.x0_pred
+            yield Step(part.index, part.num_steps, part.t, x_t, x0_pred, draw)
+        new = margins(part.x_t, bad, draw)
+        better = new > margin[bad]
+        final[bad[better]], final_x0[bad[better]] = part.x_t[better], part.x0_pred[better]
+        margin[bad[better]] = new[better]
+    if redrawn:  # the kept draw of each image (a redraw that scored worse than the earlier draw is dropped)
+        yield Step(last.index, last.num_steps, last.t, final, final_x0, redrawn)
+
+
+def _draw_steps(model: torch.nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], y: torch.Tensor | None,
+                options: SamplerOptions, null_label: int | None, image_shape: tuple[int, int, int],
+                device: torch.device, *, draw: int) -> Iterator[Step]:
+    """One pass of the sampler over the images with these seeds (image i: a generator seeded seeds[i])."""
+    rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    x_T = randn_per_image(rngs, image_shape, device)
     cfg: float | torch.Tensor = float(options.cfg)
     if options.class_cfg is not None:
         if y is None:
@@ -387,7 +446,7 @@ def sample_steps(
     )
     for step in solver_steps(eps_fn, schedule, x_T, rngs, options):
         x_t = step.x_t.clamp(-1.0, 1.0) if step.is_last else step.x_t  # the final image is clamped
-        yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu())
+        yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu(), draw)
 
 
 def run_to_end(steps: Iterator[Step]) -> torch.Tensor:

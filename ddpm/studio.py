@@ -23,6 +23,7 @@ from .checkpoint import CONFIG_NAME, FORMAT
 from .frames import frames_by_log_snr
 from .pipeline import Pipeline, load
 from .samplers import (
+    MAX_REDRAWS,
     MAX_SPACING,
     SAMPLER_NAMES,
     SAMPLERS,
@@ -123,11 +124,13 @@ class RunSettings:
     precision_reason: str
     guidance_interval: tuple[float, float] | None = None  # CFG only for t/T in [lo, hi] (w = 1 elsewhere)
     spacing: float = 1.0  # time-step spacing power (1 = even steps in t)
+    redraws: int = 0  # rounds of redrawing the images the model reads as another class (ddpm.selfcheck)
 
     def stream_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.stream."""
         return dict(seed=self.seed, sampler=self.sampler, steps=self.steps, cfg=self.cfg, eta=self.eta,
-                    precision=self.precision, guidance_interval=self.guidance_interval, spacing=self.spacing)
+                    precision=self.precision, guidance_interval=self.guidance_interval, spacing=self.spacing,
+                    redraws=self.redraws)
 
     def timesteps(self, T: int) -> list[int]:
         """The time steps this run evaluates the network at, descending."""
@@ -144,17 +147,20 @@ class RunSettings:
             parts.insert(1, f"label {self.label}")
             parts.append(f"CFG {self.cfg:g}" + (" for t/T in {:g}..{:g}".format(*self.guidance_interval)
                                                 if self.guidance_interval else ""))
+            if self.redraws:
+                parts.append(f"up to {self.redraws} redraw round{'s' if self.redraws > 1 else ''}")
         parts.append(f"{self.precision} ({self.precision_reason})")
         return " · ".join(parts)
 
 
 def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed: object, n_images: object,
               sampler: object, eta: object = 0.0, precision: object = "auto",
-              limit_guidance: object = False, spacing: object = 1.0) -> RunSettings:
+              limit_guidance: object = False, spacing: object = 1.0, redraws: object = 0) -> RunSettings:
     """Check raw request values (as a browser or an API client sends them) against the model.
 
     limit_guidance: apply CFG only in the checkpoint's recommended interval of noise levels (Pipeline.guidance_interval);
-    no effect for a model that recommends none.
+    no effect for a model that recommends none. redraws: rounds of drawing again the images the model itself reads
+    as another class (0..MAX_REDRAWS); an unconditional model has no classes to check, so it ignores them.
     """
     T = pipe.T
     steps_i = _integer("steps", steps, 1, T)
@@ -172,6 +178,7 @@ def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed
         raise ValueError(f"eta must be a number in 0..1, got {eta!r}")
     spacing_f = _number("spacing", spacing, f"a number in 1..{MAX_SPACING:g}")
     check_spacing(spacing_f)
+    redraws_i = _integer("redraws", redraws, 0, MAX_REDRAWS) if pipe.conditional else 0
     label_i = parse_label(pipe, label) if pipe.conditional else None
     if not isinstance(precision, str):
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -179,7 +186,8 @@ def parse_run(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed
         raise ValueError(f"limit_guidance must be true or false, got {limit_guidance!r}")
     prec, why = choose_precision(precision, network_batch(int(n), cfg_f, pipe.conditional))
     interval = pipe.guidance_interval if limit_guidance else None
-    return RunSettings(label_i, cfg_f, steps_i, seed_i, int(n), sampler.lower(), eta_f, prec, why, interval, spacing_f)
+    return RunSettings(label_i, cfg_f, steps_i, seed_i, int(n), sampler.lower(), eta_f, prec, why, interval, spacing_f,
+                       redraws_i)
 
 
 # -- guidance explorer -----------------------------------------------------------------------------

@@ -238,6 +238,44 @@ def test_generate_with_a_time_step_spacing(demo, tiny_checkpoint, monkeypatch):
     assert Path(even["final"]).read_bytes() != Path(outs[-1]["final"]).read_bytes()
 
 
+@pytest.mark.parametrize("redraws, expected", [(2, 2), (9, 5), (-3, 0), ("many", 0), (None, 0)])
+def test_the_redraw_slider_starts_at_the_checkpoints_recommendation(tiny_checkpoint, tmp_path, redraws, expected):
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "rec"))
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = {} if redraws is None else {"redraws": redraws}
+    (folder / "config.json").write_text(json.dumps(config))
+    demo = app.build_demo(str(folder), checkpoints_dir=str(tmp_path / "none"))
+    assert next(b.value for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label == "Redraw rounds") \
+        == expected
+    assert keyed(handler(demo, "select_model")(str(folder)))["redraws"]["value"] == expected
+
+
+def test_generate_with_redraws_streams_the_redrawn_images_and_ends_with_the_kept_ones(demo, tiny_checkpoint,
+                                                                                      monkeypatch):
+    """Redraw rounds run after the first draw: their steps are streamed and recorded as 'redraw r', and the final
+    PNG holds what the library's sample() with the same redraws returns."""
+    monkeypatch.setattr(app, "STREAM_RATE", 1e9)
+    pipe = ddpm.load(tiny_checkpoint)
+    kw = dict(steps=6, sampler="ddim", cfg=1.0)
+    # a seed whose 4 images the (barely trained) tiny model does not all read as their class
+    seed = next(s for s in range(50) if [st.draw for st in pipe.stream([1] * 4, seed=s, redraws=1, **kw)][-1] == 1)
+    outs = [keyed(o) for o in handler(demo, "generate")(str(tiny_checkpoint), *args(
+        seed=seed, steps=6, cfg=1.0), 1)]
+    live = [o["status"] for o in outs if "live-xt" in o]
+    assert [x.split(" · ")[0] for x in live[:6]] == [f"**Step {i} / 6**" for i in range(1, 7)]
+    assert live[6].startswith("**Redraw 1**") and "**Step 1 / 6**" in live[6]
+    final = outs[-1]
+    assert "1 redraw round" in final["status"] and "up to 1 redraw round" in final["run-info"]
+    assert [f.draw for f in final["frames"]][:6] == [0] * 6 and final["frames"][6].caption.startswith("redraw 1 · ")
+    x = pipe.sample(labels=[1] * 4, seed=seed, redraws=1, **kw)
+    grid = to_grid(x)
+    with Image.open(final["final"]) as im:
+        assert np.array_equal(np.asarray(im), np.asarray(to_pil(grid, scale=grid_scale(grid.shape[1], 512))))
+    # without redraws the same seed gives other images
+    plain = run_generate(demo, str(tiny_checkpoint), seed=seed, steps=6, cfg=1.0)[-1]
+    assert Path(plain["final"]).read_bytes() != Path(final["final"]).read_bytes()
+
+
 def test_forward_view(demo, tiny_checkpoint):
     x0 = np.zeros((12, 12, 1), dtype=np.uint8)
     x0[4:8] = 255

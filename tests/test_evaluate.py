@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import ddpm
 import ddpm.training
 from ddpm.checkpoint import CheckpointConfig, save_checkpoint
 from ddpm.classifier import Classifier, ClassifierConfig, load_split, predict, save_classifier, train_classifier
@@ -456,6 +457,33 @@ def test_cli_defaults_to_the_checkpoints_per_class_scales(tiny_checkpoint, tiny_
     assert (row["cfg"], row["class_cfg"], row["guidance_interval"]) == (2.0, None, None)
 
 
+def test_cli_redraws_default_to_the_checkpoints_and_sample_what_the_library_samples(tiny_checkpoint, tiny_classifier,
+                                                                                     tmp_path, capsys):
+    import dataclasses
+
+    from ddpm.checkpoint import load_config, load_model
+
+    folder = tmp_path / "redraws"
+    model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
+    save_checkpoint(folder, model, dataclasses.replace(config, sampling={"steps": 3, "cfg": 1.0, "redraws": 2}))
+    common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "3",
+              "--batch-size", "20"]
+    assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
+    assert "| ddim + 2 redraws | 3 |" in capsys.readouterr().out
+    row = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    assert (row["redraws"], row["redraw_threshold"]) == (2, 0.0)
+    assert main(common + ["--redraws", "0", "--json", str(tmp_path / "b.json")]) == 0
+    off = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert off["redraws"] == 0 and "| ddim | 3 |" in capsys.readouterr().out
+    # the evaluation's images are the library's, redraws included (image i: seed * N + i)
+    pipe = ddpm.load(folder)
+    labels = torch.arange(config.model.num_classes).repeat_interleave(3)
+    x = generate(pipe, labels, Setting(steps=3, cfg=1.0, redraws=2), seed=0, batch_size=20)
+    assert torch.equal(x, to_uint8_images(pipe.sample(labels.tolist(), seed=0, steps=3, cfg=1.0, redraws=2)))
+    assert main(common + ["--redraws", "9"]) == 2
+    assert "redraws must be an integer in 0..5" in capsys.readouterr().err
+
+
 def test_cli_several_seeds_judges_every_setting_on_each_and_sums_them_up(tiny_checkpoint, tiny_classifier, tmp_path,
                                                                          capsys):
     common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2",
@@ -478,6 +506,12 @@ def test_cli_several_seeds_judges_every_setting_on_each_and_sums_them_up(tiny_ch
         assert row["accuracy_mean"] == pytest.approx(sum(acc) / 2) and row["accuracy_min"] == min(acc)
         assert row["fd_over_floor_mean"] == pytest.approx(sum(ratio) / 2) and row["fd_over_floor_max"] == max(ratio)
         assert f"{row['accuracy_mean']:.1%} / {row['fd_over_floor_mean']:.2f}x" in table
+        floors = [rep["reference"]["fd_train_floor"] for rep in both["reports"]]
+        floors += both["reports"][0]["reference"]["fd_floor_draws"]
+        assert row["floors_pooled"] == 2 + FLOOR_DRAWS and row["floor_mean"] == pytest.approx(sum(floors) / len(floors))
+        fds = [rep["results"][i]["fd"] for rep in both["reports"]]
+        assert row["fd_mean_over_floor_mean"] == pytest.approx(sum(fds) / 2 / row["floor_mean"])
+        assert f"= {row['fd_mean_over_floor_mean']:.2f}x ({2 + FLOOR_DRAWS} floors)" in table
     assert main(common + ["--seed", "1", "1"]) == 2
     assert "--seed lists a seed twice" in capsys.readouterr().err
 
@@ -494,6 +528,25 @@ def test_seed_summary_refuses_reports_of_other_settings():
     assert s["accuracy_min"] == 0.95 and s["accuracy_mean"] == pytest.approx(0.96)
     assert "| ddim | 50 | 1 | 0 | 2 | 0.2..0.8 | 97.0% / 2.00x | 95.0% / 2.00x | 96.0% / 2.00x | 95.0% / 2.00x |" in \
         seed_table([s])
+
+
+def test_seed_summary_pools_every_floor_for_the_ratio_of_means():
+    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": None, "precision": "bf16"}
+    shared = [0.25, 0.25]  # the FLOOR_DRAWS sets: the same in every seed's report, so counted once
+    a = {"seed": 0, "reference": {"fd_train_floor": 0.2, "fd_floor_draws": shared},
+         "results": [{**row, "accuracy": 0.97, "fd": 0.4, "fd_over_floor": 2.0}]}
+    b = {"seed": 1, "reference": {"fd_train_floor": 0.3, "fd_floor_draws": shared},
+         "results": [{**row, "accuracy": 0.95, "fd": 0.3, "fd_over_floor": 1.0}]}
+    (s,) = seed_summary([a, b])
+    # floors 0.2, 0.3, 0.25, 0.25 -> 0.25; mean FD 0.35 -> 1.4x, where the mean of the seeds' ratios is 1.5x
+    assert s["floors_pooled"] == 4 and s["floor_mean"] == pytest.approx(0.25)
+    assert s["fd_mean"] == pytest.approx(0.35) and s["fd_mean_over_floor_mean"] == pytest.approx(1.4)
+    assert s["fd_over_floor_mean"] == pytest.approx(1.5)
+    assert s["accuracy_se"] == pytest.approx(0.01)  # sd 0.01414 (n - 1) over sqrt(2)
+    assert "| 96.0% / 1.50x | 95.0% / 2.00x | 0.350 / 0.250 = 1.40x (4 floors), 96.0% ± 1.0 |" in seed_table([s])
+    # a report without its floor (written by an older version) leaves the cell empty instead of guessing
+    (s,) = seed_summary([a, {**b, "reference": {}}])
+    assert s["fd_mean_over_floor_mean"] is None and seed_table([s]).splitlines()[2].endswith("| - |")
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -67,6 +67,9 @@ def test_parse_run_accepts_good_values(pipe):
     run = parse_run(pipe, **{**GOOD, "spacing": 2})
     assert run.spacing == 2.0 and "10 steps (spacing 2)" in run.describe()
     assert run.stream_kwargs()["spacing"] == 2.0 and run.timesteps(pipe.T) == timesteps_for(pipe.T, 10, 2.0)
+    assert run.redraws == 0 and run.stream_kwargs()["redraws"] == 0 and "redraw" not in run.describe()
+    run = parse_run(pipe, **{**GOOD, "redraws": 2.0})
+    assert run.redraws == 2 and run.stream_kwargs()["redraws"] == 2 and "up to 2 redraw rounds" in run.describe()
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -93,6 +96,9 @@ def test_parse_run_accepts_good_values(pipe):
     ("spacing", "quad", r"spacing must be a number in 1\.\.4, got 'quad'"),
     ("precision", "fp16", r"unknown precision 'fp16'; choose one of auto, fp32, bf16"),
     ("label", "Dog", r"unknown class 'Dog'"),
+    ("redraws", -1, r"redraws must be an integer in 0\.\.5, got -1"),
+    ("redraws", 1.5, r"redraws must be an integer in 0\.\.5, got 1\.5"),
+    ("redraws", "two", r"redraws must be an integer in 0\.\.5, got 'two'"),
 ])
 def test_parse_run_rejects_bad_values(pipe, field, value, match):
     with pytest.raises(ValueError, match=match):
