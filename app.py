@@ -241,11 +241,12 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                 pending = False
                 redraw = (f"**Redraw {step.draw}**: the images the model read as another class, again · "
                           if step.draw else "")
+                checking = " · checking the images…" if step.is_last and run.redraws and run.label is not None else ""
                 yield {
                     live_xt: _enlarged(to_grid(step.x_t)),
                     live_x0: _enlarged(to_grid(step.x0_pred)),
                     status: f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · seed {run.seed} · "
-                            f"{time.perf_counter() - t0:.1f} s",
+                            f"{time.perf_counter() - t0:.1f} s{checking}",
                 }
         sample_s = time.perf_counter() - t0
         out = _new_run_dir()

@@ -42,7 +42,8 @@ from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
 from ddpm.studio import bf16_available, parse_run  # noqa: E402
 
-FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing")  # the handler's order
+FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing",
+          "redraws")  # the handler's order
 
 
 def stand_in_checkpoint() -> str:
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", default="checkpoints/fashion-mnist")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--redraws", type=int, default=None,
+                   help="redraw rounds of the request (default: the checkpoint's recommendation)")
     args = p.parse_args(argv)
     tune_allocator()  # as app.py does
     if args.threads:
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     defaults = app._defaults(pipe)
     cfg = defaults["class_cfg"][class_index] if defaults["class_cfg"] else defaults["cfg"]
     request = dict(cfg=cfg, steps=50, seed=0, n_images=16, sampler=defaults["sampler"], eta=defaults["eta"],
-                   precision="auto", limit_guidance=defaults["interval"] is not None, spacing=defaults["spacing"])
+                   precision="auto", limit_guidance=defaults["interval"] is not None, spacing=defaults["spacing"],
+                   redraws=defaults["redraws"] if args.redraws is None else args.redraws)
     run = parse_run(pipe, label=label, **request)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

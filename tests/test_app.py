@@ -35,8 +35,9 @@ from ddpm.studio import SEED_MAX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = dict(label="1 · Vertical", cfg=3.0, steps=12, seed=3, n_images=4, sampler="ddim", eta=0.0, precision="fp32",
-            limit_guidance=False, spacing=1.0)
-ORDER = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing")
+            limit_guidance=False, spacing=1.0, redraws=0)
+ORDER = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing",
+         "redraws")
 BAD_INPUTS = [  # (field, value, the message must contain these)
     ("label", "Dog", ["'Dog'", "Horizontal, Vertical, Square", "0..2"]),
     ("label", 7, ["label 7", "0..2"]),
@@ -56,6 +57,7 @@ BAD_INPUTS = [  # (field, value, the message must contain these)
     ("limit_guidance", "yes", ["limit_guidance", "true or false", "got 'yes'"]),
     ("spacing", 0.5, ["spacing", "1..4", "got 0.5"]),
     ("spacing", "wide", ["spacing", "1..4", "got 'wide'"]),
+    ("redraws", 7, ["redraws", "0..5", "got 7"]),
 ]
 
 
@@ -260,7 +262,7 @@ def test_generate_with_redraws_streams_the_redrawn_images_and_ends_with_the_kept
     # a seed whose 4 images the (barely trained) tiny model does not all read as their class
     seed = next(s for s in range(50) if [st.draw for st in pipe.stream([1] * 4, seed=s, redraws=1, **kw)][-1] == 1)
     outs = [keyed(o) for o in handler(demo, "generate")(str(tiny_checkpoint), *args(
-        seed=seed, steps=6, cfg=1.0), 1)]
+        seed=seed, steps=6, cfg=1.0, redraws=1))]
     live = [o["status"] for o in outs if "live-xt" in o]
     assert [x.split(" · ")[0] for x in live[:6]] == [f"**Step {i} / 6**" for i in range(1, 7)]
     assert live[6].startswith("**Redraw 1**") and "**Step 1 / 6**" in live[6]

@@ -50,10 +50,11 @@ def test_recommended_sampling_is_the_evaluated_default(shipped):
     assert report["default"]["guidance_interval"] == rec.get("guidance_interval")
     assert report["default"].get("spacing", 1.0) == rec.get("spacing", 1.0)
     assert report["default"].get("eta", 0.0) == rec.get("eta", 0.0)
+    assert report["default"].get("redraws", 0) == rec.get("redraws", 0)
     rows = [r for r in report["results"] if r["sampler"] == rec["sampler"] and r["steps"] == rec["steps"]
             and r["cfg"] == rec["cfg"] and r["guidance_interval"] == rec.get("guidance_interval")
             and r.get("spacing", 1.0) == rec.get("spacing", 1.0) and r["eta"] == rec.get("eta", 0.0)
-            and r.get("class_cfg") == rec.get("class_cfg")]
+            and r.get("class_cfg") == rec.get("class_cfg") and r.get("redraws", 0) == rec.get("redraws", 0)]
     assert len(rows) == 1
     assert rows[0]["accuracy"] >= 0.97  # the accuracy half of the target, as measured
     assert report["checkpoint_steps"] == pipe.config.training["steps"]  # measured on these weights
