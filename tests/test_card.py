@@ -166,6 +166,18 @@ def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
     assert "| recommended sampling | ddim, 7 steps, guidance w = 3.5, eta 0.5 |" in card
     assert 'sampler="ddim", steps=7, cfg=3.5, eta=0.5, seed=0)' in card
 
+    # and recommended redraw rounds: the grid is drawn with them, the caption, the table and the example say so
+    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling={
+        "sampler": "ddim", "steps": 7, "cfg": 1.0, "redraws": 2}))
+    redrawn = ensure_sample_grid(checkpoint, force=True).read_bytes()
+    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=1.0, redraws=2, seed=0)
+    assert save_grid(expected, tmp_path / "redraws.png", nrow=8).read_bytes() == redrawn
+    assert "up to 2 redraw round(s) of the images the model reads as another class" in grid_caption(load_config(checkpoint))
+    card = write_model_card(checkpoint).read_text()
+    assert "| recommended sampling | ddim, 7 steps, guidance w = 1, up to 2 redraw round(s) of samples the model reads " \
+           "as another class |" in card
+    assert 'steps=7, cfg=1.0, redraws=2, seed=0)' in card
+
 
 def test_card_reproduce_commands_can_be_given(checkpoint):
     """A run resumed with other settings is not one train.py command: the card takes the real sequence."""

@@ -61,6 +61,21 @@ def test_npz_and_gif_match_the_python_api(tiny_checkpoint, tmp_path):
         assert anim.size == ((2 * side + GAP) * 2, side * 2)  # x_t | x0_pred, default scale 2
 
 
+def test_redraws_give_what_the_python_api_gives(tiny_checkpoint, tmp_path):
+    pipe = ddpm.load(tiny_checkpoint)
+    kw = dict(steps=5, cfg=1.0, sampler="ddim")
+    # a seed where the (barely trained) tiny model redraws some of the 4 images
+    seed = next(s for s in range(50) if [st.draw for st in pipe.stream([2] * 4, seed=s, redraws=2, **kw)][-1] > 0)
+    npz = tmp_path / "r.npz"
+    r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "square", "--n", "4", "--steps", "5", "--cfg", "1",
+                "--sampler", "ddim", "--seed", str(seed), "--redraws", "2", "--out", str(npz))
+    assert r.returncode == 0, r.stderr
+    got = np.load(npz)["images"].astype(int)
+    expected = to_uint8(pipe.sample(labels=[2] * 4, seed=seed, redraws=2, **kw)).astype(int)
+    plain = to_uint8(pipe.sample(labels=[2] * 4, seed=seed, **kw)).astype(int)
+    assert np.abs(got - expected).max() <= 2 and np.abs(got - plain).max() > 2
+
+
 def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
     r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "Sneaker", "--out", str(tmp_path / "x.png"))
     assert r.returncode == 2
@@ -86,6 +101,7 @@ def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
     (["--precision", "fp16"], "invalid choice: 'fp16'"),
     (["--device", "quantum"], "unknown device 'quantum'"),
     (["--steps", "many"], "invalid int value: 'many'"),
+    (["--redraws", "9"], "redraws must be an integer in 0..5"),
 ])
 def test_bad_input_messages(tiny_checkpoint, tmp_path, capsys, args, message):
     argv = ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.png"), *args]
