@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .schedule import NoiseSchedule
+from .selfcheck import check_seeds, class_errors, redraw_seeds, relative_margin
 
 SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
@@ -399,7 +400,6 @@ def sample_steps(
         yield last
     if not options.redraws or y is None or null_label is None:
         return
-    from .selfcheck import check_seeds, class_errors, redraw_seeds, relative_margin
 
     def margins(x0: torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
         draw_seeds = redraw_seeds([seeds[i] for i in idx.tolist()], draw)
