@@ -86,9 +86,9 @@ closer to where many small steps would land.
 
 **Redraw rounds.** When an image is done, the model checks it itself: it noises the image again at several noise
 levels and asks which class's prediction explains it best. An image it reads as another class (a "Sneaker" that
-looks more like a sandal) is drawn again from new noise, and the trajectory of the redraw is streamed too. This
-removes the few ambiguous samples instead of pushing every sample harder towards its class, as a larger CFG scale
-would: a higher share of the requested class at a smaller cost in variety.
+looks more like a sandal) is drawn again from new noise, and the trajectory of the redraw is streamed too. Like a
+larger CFG scale it trades variety for class fidelity, but it touches only the few ambiguous images instead of
+pushing every one towards its class; the check costs about as much as the sampling itself.
 """
 
 FORWARD_EXPLANATION = """
@@ -241,12 +241,12 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                 pending = False
                 redraw = (f"**Redraw {step.draw}**: the images the model read as another class, again · "
                           if step.draw else "")
-                checking = " · checking the images…" if step.is_last and run.redraws and run.label is not None else ""
+                checking = " · checking the images…" if step.is_last and run.redraws else ""
                 yield {
                     live_xt: _enlarged(to_grid(step.x_t)),
                     live_x0: _enlarged(to_grid(step.x0_pred)),
-                    status: f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · seed {run.seed} · "
-                            f"{time.perf_counter() - t0:.1f} s{checking}",
+                    status: f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · "
+                            f"seed {run.seed} · {time.perf_counter() - t0:.1f} s{checking}",
                 }
         sample_s = time.perf_counter() - t0
         out = _new_run_dir()

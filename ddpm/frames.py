@@ -84,7 +84,8 @@ class Frame:
 
     @property
     def caption(self) -> str:
-        return (f"redraw {self.draw} · " if self.draw else "") + f"step {self.index + 1}/{self.num_steps} · t = {self.t}"
+        step = f"step {self.index + 1}/{self.num_steps} · t = {self.t}"
+        return f"redraw {self.draw} · {step}" if self.draw else step
 
 
 def to_grid(x: torch.Tensor) -> np.ndarray:

@@ -13,8 +13,9 @@ image sampled for class y whose own class does not explain it best, relative mar
 
 is one the model itself reads as another class: sampling with redraws (`SamplerOptions.redraws`) draws it again from
 fresh noise, keeps whichever draw has the larger margin, and stops once every image passes or the rounds run out.
-Rejection rather than stronger guidance: it removes the ambiguous few samples of a class instead of pushing every
-sample towards the class's prototype, so it raises the class accuracy at a smaller cost in variety.
+Rejection rather than stronger guidance: it replaces the few ambiguous samples of a class instead of pushing every
+sample towards the class's prototype. On the shipped Fashion-MNIST model it buys class accuracy at about the price in
+variety (FD) that a larger guidance scale pays (README, "Sampler-side attempts"), for twice the sampling time.
 """
 
 from __future__ import annotations

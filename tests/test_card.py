@@ -172,7 +172,8 @@ def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
     redrawn = ensure_sample_grid(checkpoint, force=True).read_bytes()
     expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=1.0, redraws=2, seed=0)
     assert save_grid(expected, tmp_path / "redraws.png", nrow=8).read_bytes() == redrawn
-    assert "up to 2 redraw round(s) of the images the model reads as another class" in grid_caption(load_config(checkpoint))
+    caption = grid_caption(load_config(checkpoint))
+    assert "up to 2 redraw round(s) of the images the model reads as another class" in caption
     card = write_model_card(checkpoint).read_text()
     assert "| recommended sampling | ddim, 7 steps, guidance w = 1, up to 2 redraw round(s) of samples the model reads " \
            "as another class |" in card
