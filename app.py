@@ -88,7 +88,7 @@ closer to where many small steps would land.
 levels and asks which class's prediction explains it best. An image it reads as another class (a "Sneaker" that
 looks more like a sandal) is drawn again from new noise, and the trajectory of the redraw is streamed too. Like a
 larger CFG scale it trades variety for class fidelity, but it touches only the few ambiguous images instead of
-pushing every one towards its class; the check costs about as much as the sampling itself.
+pushing every one towards its class; the check adds about half of a run's time, a redraw more.
 """
 
 FORWARD_EXPLANATION = """

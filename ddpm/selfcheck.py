@@ -15,7 +15,7 @@ is one the model itself reads as another class: sampling with redraws (`SamplerO
 fresh noise, keeps whichever draw has the larger margin, and stops once every image passes or the rounds run out.
 Rejection rather than stronger guidance: it replaces the few ambiguous samples of a class instead of pushing every
 sample towards the class's prototype. On the shipped Fashion-MNIST model it buys class accuracy at about the price in
-variety (FD) that a larger guidance scale pays (README, "Sampler-side attempts"), for twice the sampling time.
+variety (FD) that a larger guidance scale pays (README, "Sampler-side attempts"), for 1.5-2x the sampling time.
 """
 
 from __future__ import annotations
