@@ -401,6 +401,7 @@ def seed_summary(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if any(k != keys[0] for k in keys):
         raise ValueError("the reports evaluate different settings; summarise reports of the same settings only")
     floors = _pooled_floors(reports)
+    floor_mean = float(np.mean(floors)) if floors else None
     rows = []
     for i, key in enumerate(keys[0]):
         acc = [rep["results"][i]["accuracy"] for rep in reports]
@@ -412,9 +413,8 @@ def seed_summary(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "accuracy_se": float(np.std(acc, ddof=1) / math.sqrt(len(acc))) if len(acc) > 1 else None,
                      "fd_over_floor_mean": float(np.mean(ratio)), "accuracy_min": min(acc),
                      "fd_over_floor_max": max(ratio), "fd_mean": fd_mean,
-                     "floor_mean": float(np.mean(floors)) if floors else None, "floors_pooled": len(floors),
-                     "fd_mean_over_floor_mean": fd_mean / float(np.mean(floors))
-                     if fd_mean is not None and floors and np.mean(floors) > 0 else None})
+                     "floor_mean": floor_mean, "floors_pooled": len(floors),
+                     "fd_mean_over_floor_mean": fd_mean / floor_mean if fd_mean is not None and floor_mean else None})
     return rows
 
 
