@@ -33,6 +33,8 @@ from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.plots import schedule_plot
 from ddpm.samplers import MAX_REDRAWS, MAX_SPACING, SAMPLERS
+from ddpm.torch_thread import TorchThread
+from ddpm.torch_thread import torch_thread as shared_torch_thread
 from ddpm.studio import (
     CFG_MAX,
     GUIDANCE_SCALES,
@@ -203,15 +205,21 @@ def _cfg_info(d: dict) -> str:
 
 
 # -- the app -------------------------------------------------------------------------------------
-def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpoints_dir: str = "checkpoints") -> gr.Blocks:
+def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpoints_dir: str = "checkpoints",
+               torch_thread: TorchThread | None = None) -> gr.Blocks:
     """The Blocks app. Models: `hub` (if given), then `checkpoint` (default checkpoints/fashion-mnist), then
     the other checkpoint folders in `checkpoints_dir`. A model that fails to load is reported on the page and
     the next one is used.
+
+    Models load, and every handler that touches them runs, on `torch_thread` (default: the process's one,
+    ddpm.torch_thread): gradio's worker threads would each start an OpenMP team of their own, which slows
+    sampling on a machine with few cores by about 1.8x.
     """
+    tt = torch_thread or shared_torch_thread()
     preferred = [s for s in (hub, checkpoint or DEFAULT_CHECKPOINT) if s]
     registry = ModelRegistry([*preferred, *local_checkpoints(checkpoints_dir)])
     try:
-        start, pipe0, failures = registry.first_loadable(preferred)
+        start, pipe0, failures = tt.call(registry.first_loadable, preferred)
     except ValueError as e:
         raise SystemExit(f"ddpm-studio: {e}") from e
     notice = "".join(f"⚠️ Could not load `{s}`: {e}. Using `{start}` instead.\n\n" for s, e in failures.items())
@@ -360,6 +368,10 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         ts = log_snr_timesteps(pipe.schedule, 8)
         strip = [(_enlarged(to_uint8(q_sample_at(pipe.schedule, x0, s, eps))[0], 112), f"t = {s}") for s in ts]
         return _enlarged(to_uint8(x_t)[0], 224), text, strip, schedule_plot(pipe.schedule.config, t=t)
+
+    # on the torch thread (scrub only shows recorded frames)
+    generate, explore, select_model, example_choices, pick_example, upload_x0, forward_view = map(
+        tt.wrap, (generate, explore, select_model, example_choices, pick_example, upload_x0, forward_view))
 
     # ---- layout ----------------------------------------------------------------------------------
     with gr.Blocks(title="DDPM Studio", delete_cache=(600, 1800)) as demo:

@@ -41,6 +41,7 @@ import ddpm  # noqa: E402
 from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
 from ddpm.studio import bf16_available, parse_run  # noqa: E402
+from ddpm.torch_thread import torch_thread  # noqa: E402
 
 FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing",
           "redraws")  # the handler's order
@@ -101,7 +102,7 @@ def http_run(url: str, model: str, label: str, request: dict) -> tuple[float, fl
 
 def bare_run(pipe, run) -> float:
     t0 = time.perf_counter()
-    run_to_end(pipe.stream(run.labels(), **run.stream_kwargs()))
+    torch_thread().call(run_to_end, pipe.stream(run.labels(), **run.stream_kwargs()))  # where the app samples
     return time.perf_counter() - t0
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         model = stand_in_checkpoint()
         note = f" (stand-in: {args.checkpoint} not found; random 'small' weights)"
     demo = app.build_demo(model, checkpoints_dir=str(Path(model).parent))
-    pipe = ddpm.load(model)
+    pipe = torch_thread().call(ddpm.load, model)  # on the app's torch thread, like its own models
     class_index = min(7, len(pipe.label_names) - 1)
     label = app.label_choices(pipe)[class_index] if pipe.conditional else None
     # what a click on Generate uses: the checkpoint's recommended sampler, spacing, interval and this class's scale
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     request = dict(cfg=cfg, steps=50, seed=0, n_images=16, sampler=defaults["sampler"], eta=defaults["eta"],
                    precision="auto", limit_guidance=defaults["interval"] is not None, spacing=defaults["spacing"],
                    redraws=defaults["redraws"] if args.redraws is None else args.redraws)
-    run = parse_run(pipe, label=label, **request)
+    run = torch_thread().call(parse_run, pipe, label=label, **request)  # its bf16 probe runs a convolution
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -479,3 +479,28 @@ def test_main_help_lists_the_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--checkpoint", "--hub", "DDPM_HUB_REPO", "GRADIO_SERVER_NAME"):
         assert flag in out
+
+
+def test_models_load_and_run_on_the_demos_torch_thread(tiny_checkpoint, tmp_path, monkeypatch):
+    """gradio calls handlers on its worker threads; the model must still load and run on one thread."""
+    import ddpm.studio
+    from ddpm.torch_thread import TorchThread
+
+    tt = TorchThread()
+    loads, forwards = [], []
+    real_load = ddpm.studio.load
+
+    def recording_load(source):
+        loads.append(threading.get_ident())
+        pipe = real_load(source)
+        pipe.model.register_forward_pre_hook(lambda *_: forwards.append(threading.get_ident()))
+        return pipe
+
+    monkeypatch.setattr(ddpm.studio, "load", recording_load)
+    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "none"), torch_thread=tt)
+    outs = run_generate(demo, str(tiny_checkpoint), steps=3)
+    assert "**Done:**" in outs[-1]["status"]
+    gallery = handler(demo, "guidance_explorer")(str(tiny_checkpoint), "1 · Vertical", 3, 0, "ddim", 0.0, "fp32")
+    assert len(gallery) > 1
+    assert loads == [tt.ident] and len(forwards) >= 3 and set(forwards) == {tt.ident}
+    assert tt.ident != threading.get_ident()
