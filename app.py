@@ -90,7 +90,7 @@ closer to where many small steps would land.
 levels and asks which class's prediction explains it best. An image it reads as another class (a "Sneaker" that
 looks more like a sandal) is drawn again from new noise, and the trajectory of the redraw is streamed too. Like a
 larger CFG scale it trades variety for class fidelity, but it touches only the few ambiguous images instead of
-pushing every one towards its class; the check adds about half of a run's time, a redraw more.
+pushing every one towards its class; with two rounds a run takes about twice as long.
 """
 
 FORWARD_EXPLANATION = """
