@@ -33,8 +33,6 @@ from ddpm.images import to_pil, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.plots import schedule_plot
 from ddpm.samplers import MAX_REDRAWS, MAX_SPACING, SAMPLERS
-from ddpm.torch_thread import TorchThread
-from ddpm.torch_thread import torch_thread as shared_torch_thread
 from ddpm.studio import (
     CFG_MAX,
     GUIDANCE_SCALES,
@@ -51,6 +49,8 @@ from ddpm.studio import (
     parse_run,
     q_sample_at,
 )
+from ddpm.torch_thread import TorchThread
+from ddpm.torch_thread import torch_thread as shared_torch_thread
 
 DEFAULT_CHECKPOINT = "checkpoints/fashion-mnist"
 STREAM_RATE = 15.0  # live updates per second at most (the browser lags behind faster generators)
@@ -213,7 +213,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
 
     Models load, and every handler that touches them runs, on `torch_thread` (default: the process's one,
     ddpm.torch_thread): gradio's worker threads would each start an OpenMP team of their own, which slows
-    sampling on a machine with few cores by about 1.8x.
+    sampling on a 2-core machine by about 1.9x (bench/bench_threads.py).
     """
     tt = torch_thread or shared_torch_thread()
     preferred = [s for s in (hub, checkpoint or DEFAULT_CHECKPOINT) if s]

@@ -6,7 +6,7 @@ idle workers spin for a moment between regions and pick up the next one at once;
 throttles the spinning and the workers sleep, so each of the thousands of small regions in a sampling run pays a
 wake-up. A web server that loads the model on its main thread and samples on its worker threads (gradio runs
 each step of a streaming handler on whichever worker is free) has two teams or more, and on a 2-core machine the
-app's default 4x4 grid then takes about 1.8x as long as on the thread that loaded the model
+app's default 4x4 grid then takes about 1.9x as long as on the thread that loaded the model
 (`python bench/bench_threads.py`). So the app loads and samples on one long-lived thread: `TorchThread`.
 
     tt = torch_thread()                   # the process's one torch thread
