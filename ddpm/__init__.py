@@ -1,12 +1,12 @@
 """ddpm-studio: denoising diffusion probabilistic models, small enough to train and watch on a CPU."""
 
-__version__ = "0.1.0"
-
-from .checkpoint import CheckpointConfig, CheckpointError  # noqa: E402
-from .model import ModelConfig, UNet, preset_config  # noqa: E402
-from .pipeline import Pipeline, load  # noqa: E402
-from .samplers import SamplerOptions, Step  # noqa: E402
-from .schedule import NoiseSchedule, ScheduleConfig  # noqa: E402
+from ._version import __version__
+from .checkpoint import CheckpointConfig, CheckpointError
+from .model import ModelConfig, UNet, preset_config
+from .options import SamplerOptions
+from .pipeline import Pipeline, load
+from .samplers import Step
+from .schedule import NoiseSchedule, ScheduleConfig
 
 __all__ = [
     "__version__", "load", "Pipeline", "Step", "SamplerOptions", "NoiseSchedule", "ScheduleConfig",

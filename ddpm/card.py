@@ -11,12 +11,22 @@ resumed run; written by write_model_card) and samples.png (made here when missin
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
 from .checkpoint import WEIGHTS_NAME, CheckpointConfig, CheckpointError, load_config
-from .samplers import SAMPLER_NAMES
+from .evaluate import markdown_table
+from .hub import parse_hub_id
+from .images import save_grid
+from .model import parameter_count
+from .pipeline import load
+from .train_config import TRAIN_CONFIG_NAME, TrainConfig
+
+log = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
 GRID_NAME = "samples.png"
@@ -25,8 +35,7 @@ NOTES_NAME = "card_notes.json"  # the hand-given `extra` of write_model_card, so
 DEFAULT_LICENSE = "mit"  # Fashion-MNIST and MNIST are MIT-licensed; override with extra={"license": ...}
 LIBRARY_NAME = "ddpm-studio"
 MARKER = "<!-- ddpm-studio model card: regenerated from config.json on every push; edits are overwritten -->"
-# how the grid is drawn: the settings of ddpm.training.write_sample_grid, so a training grid can be reused
-GRID_PER_ROW, GRID_STEPS, GRID_CFG, GRID_UNCONDITIONAL_ROWS = 8, 25, 2.0, 4
+GRID_PER_ROW, GRID_UNCONDITIONAL_ROWS = 8, 4  # samples.png: a row of 8 per class, or 4 rows if unconditional
 
 HUB_DATASETS = {  # our dataset name -> (display name, Hub dataset id or None)
     "fashion-mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
@@ -41,89 +50,31 @@ TRAIN_SETTINGS = ("dataset", "preset", "steps", "batch_size", "grad_accum", "lr"
 
 # -- the sample grid -------------------------------------------------------------------------------
 def ensure_sample_grid(folder: str | Path, *, force: bool = False) -> Path:
-    """folder/samples.png for the current weights: kept if newer than model.safetensors, else the training
-    loop's grid of the same step (samples/step_NNNNNNN.png) is copied (only without recommended sampling settings:
-    that grid is drawn with the fixed GRID_* settings), else one is sampled now."""
+    """folder/samples.png for the current weights: kept if newer than model.safetensors, else sampled now."""
     folder = Path(folder)
     grid, weights = folder / GRID_NAME, folder / WEIGHTS_NAME
     if not force and grid.is_file() and grid.stat().st_mtime >= weights.stat().st_mtime:
         return grid
-    config = load_config(folder)
-    steps = config.training.get("steps")
-    from_training = folder / "samples" / f"step_{int(steps):07d}.png" if steps is not None else None
-    if not force and not config.sampling and from_training is not None and from_training.is_file() \
-            and from_training.stat().st_mtime >= weights.stat().st_mtime:
-        shutil.copyfile(from_training, grid)
-        return grid
     return write_sample_grid(folder)
 
 
-def grid_settings(config: CheckpointConfig) -> dict[str, Any]:
-    """How samples.png is drawn: the checkpoint's recommended sampling (what the app runs by default), or without
-    one, the training loop's fixed settings (DDIM, 25 steps, w = 2). Keyword arguments of Pipeline.sample."""
-    if not config.sampling:
-        settings = {"sampler": "ddim", "steps": min(GRID_STEPS, config.schedule.timesteps), "cfg": GRID_CFG}
-    else:
-        settings = {k: v for k, v in config.recommended_sampling().items()
-                    if k in ("sampler", "steps", "cfg", "eta", "guidance_interval", "spacing", "class_cfg", "redraws")
-                    and v is not None}
-        if not settings.get("redraws"):
-            settings.pop("redraws", None)
-        if settings.get("spacing") == 1.0:
-            settings.pop("spacing")  # the default: keep the usage line short
-        if "guidance_interval" in settings:
-            settings["guidance_interval"] = tuple(settings["guidance_interval"])
-    if config.model.num_classes is None:
-        settings.pop("cfg")
-        settings.pop("guidance_interval", None)
-        settings.pop("redraws", None)
-    return settings
-
-
-def guidance_text(sampling: dict[str, Any], class_names: tuple[str, ...] | None) -> str:
-    """ "guidance w = 2", or with one scale per class "guidance w per class: T-shirt/top 1.5, Trouser 2, ..."."""
-    per_class = sampling.get("class_cfg")
-    if not per_class:
-        return f"guidance w = {float(sampling['cfg']):g}"
-    names = class_names or tuple(str(c) for c in range(len(per_class)))
-    return "guidance w per class: " + ", ".join(f"{name} {float(w):g}" for name, w in zip(names, per_class))
-
-
 def grid_caption(config: CheckpointConfig) -> str:
-    """The card's line under samples.png, from grid_settings."""
-    g = grid_settings(config)
-    rows = (f"one row per class ({', '.join(config.class_names or ())})" if config.model.num_classes is not None
-            else "uncurated samples")
-    text = f"{rows}; {SAMPLER_NAMES.get(g['sampler'], g['sampler'])}, {g['steps']} steps"
-    if g.get("eta"):
-        text += f", eta {g['eta']:g}"
-    if g.get("spacing", 1.0) != 1.0:
-        text += f", time steps spaced with power {float(g['spacing']):g}"
-    if "cfg" in g:
-        text += ", " + guidance_text(g, config.class_names)
-        if g.get("guidance_interval"):
-            text += " for t/T in {:g}..{:g}".format(*g["guidance_interval"])
-    if g.get("redraws"):
-        text += f", up to {g['redraws']} redraw round(s) of the images the model reads as another class"
-    text += ", seed 0" + (" (the recommended settings)" if config.sampling else "")
-    return text + "."
+    """The card's line under samples.png: what it shows and the settings it was drawn with (the recommendation)."""
+    conditional = config.model.num_classes is not None
+    rows = f"one row per class ({', '.join(config.class_names or ())})" if conditional else "uncurated samples"
+    how = config.sampling.describe(conditional=conditional, class_names=config.class_names)
+    return f"{rows}; {how}; seed 0 (the recommended settings)."
 
 
 def write_sample_grid(folder: str | Path, *, seed: int = 0) -> Path:
-    """Sample folder/samples.png with grid_settings: one row of 8 per class, or 4 rows if unconditional."""
-    import torch
-
-    from .images import save_grid
-    from .pipeline import load
-
+    """Sample folder/samples.png at the recommended settings: one row of 8 per class, or 4 rows if unconditional."""
     folder = Path(folder)
     pipe = load(folder)
-    settings = grid_settings(pipe.config)
     if pipe.conditional:
         labels = torch.arange(pipe.config.model.num_classes).repeat_interleave(GRID_PER_ROW).tolist()
-        x0 = pipe.sample(labels, seed=seed, **settings)
+        x0 = pipe.sample(labels, seed=seed)
     else:
-        x0 = pipe.sample(n=GRID_PER_ROW * GRID_UNCONDITIONAL_ROWS, seed=seed, **settings)
+        x0 = pipe.sample(n=GRID_PER_ROW * GRID_UNCONDITIONAL_ROWS, seed=seed)
     return save_grid(x0, folder / GRID_NAME, nrow=GRID_PER_ROW)
 
 
@@ -148,10 +99,6 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     commands that made the weights, e.g. a run resumed with other settings; default: from train_config.json); any other
     key/value pairs are listed under Training. They go over the notes saved in folder/card_notes.json (None removes one).
     """
-    import yaml
-
-    from .hub import parameter_count
-
     folder = Path(folder)
     config = load_config(folder)
     on_hub = "repo_id" in (extra or {})  # else the card describes a local folder
@@ -164,8 +111,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     dataset_name = HUB_DATASETS.get(config.dataset, (config.dataset, None))[0]
     kind = "class-conditional" if conditional else "unconditional"
     color = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(m.in_channels, f"{m.in_channels}-channel")
-    sampling = config.recommended_sampling()
-    eta = float(sampling["eta"]) if sampling["sampler"] == "ddim" and sampling.get("eta") else 0.0  # DDIM noise, if any
+    sampling = config.sampling
     init = tr.get("init_from") if isinstance(tr.get("init_from"), dict) else {}  # a run started from other weights
 
     out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
@@ -180,22 +126,15 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
 
     where = "downloads into the Hugging Face cache" if on_hub else "a local folder; a Hub id user/repo works too"
     out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # {where}']
+    dims = f"{m.in_channels}, {m.image_size}, {m.image_size}"
     if conditional:
         first = (config.class_names or ("0",))[0]
-        gi = sampling.get("guidance_interval")
-        interval = f", guidance_interval=({gi[0]:g}, {gi[1]:g})" if gi else ""
-        interval += f", spacing={float(sampling['spacing']):g}" if sampling.get("spacing", 1.0) != 1.0 else ""
-        interval += f", eta={eta:g}" if eta else ""
-        interval += f", redraws={int(sampling['redraws'])}" if sampling.get("redraws") else ""
-        out.append(f'images = pipe.sample(labels=["{first}"] * 4, sampler="{sampling["sampler"]}", '
-                   f'steps={sampling["steps"]}, cfg={(sampling["class_cfg"] or [sampling["cfg"]])[0]}{interval}, seed=0)  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
-        if sampling.get("class_cfg"):
-            per_class = list(sampling["class_cfg"])
-            out.append(f"# several classes at once, each at its recommended scale: class_cfg={per_class}")
+        out.append(f'images = pipe.sample(labels=["{first}"] * 4, seed=0)  # the recommended settings: '
+                   f"(4, {dims}) in [-1, 1]")
+        out.append("images = pipe.sample(labels=[0, 1], steps=25, cfg=3, seed=0)  # change any setting by name")
     else:
-        out.append(f'images = pipe.sample(n=4, sampler="{sampling["sampler"]}", steps={sampling["steps"]}, seed=0)'
-                   f'  # (4, {m.in_channels}, {m.image_size}, {m.image_size}) in [-1, 1]')
-    out += ["for step in pipe.stream(" + ('labels=[0], ' if conditional else 'n=1, ') + "steps=50):  # one Step per denoising step",
+        out.append(f"images = pipe.sample(n=4, seed=0)  # the recommended settings: (4, {dims}) in [-1, 1]")
+    out += ["for step in pipe.stream(" + ('labels=[0]' if conditional else 'n=1') + "):  # one Step per denoising step",
             "    ...  # step.x_t, step.x0_pred", "```", "",
             (f"The app streams the denoising: `python app.py --hub {repo_id}` (append `@REVISION` to pin a version)."
              if on_hub else f"The app streams the denoising: `python app.py --checkpoint {repo_id}`."), ""]
@@ -208,12 +147,7 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         ("classes", f"{m.num_classes}: {', '.join(config.class_names or ())}, plus a null label for "
                     "classifier-free guidance" if conditional else "none (unconditional)"),
         ("noise schedule", f"{s.name}, T = {s.timesteps}"),
-        ("recommended sampling", f"{sampling['sampler']}, {sampling['steps']} steps"
-                                 f"{', ' + guidance_text(sampling, config.class_names) if conditional else ''}"
-                                 f"{' for t/T in {:g}..{:g}'.format(*sampling['guidance_interval']) if conditional and sampling.get('guidance_interval') else ''}"
-                                 f"{', time steps spaced with power {:g}'.format(float(sampling['spacing'])) if sampling.get('spacing', 1.0) != 1.0 else ''}"
-                                 f"{', eta {:g}'.format(eta) if eta else ''}"
-                                 f"{', up to {} redraw round(s) of samples the model reads as another class'.format(int(sampling['redraws'])) if conditional and sampling.get('redraws') else ''}"),
+        ("recommended sampling", sampling.describe(conditional=conditional, class_names=config.class_names)),
     ]
     out += ["## Model", "", *_table(model_rows), ""]
 
@@ -304,6 +238,17 @@ def write_model_card(folder: str | Path, *, extra: dict | None = None) -> Path:
     return path
 
 
+def prepare_for_hub(folder: str | Path, repo_id: str) -> None:
+    """Before a push to `repo_id`: draw samples.png if missing or stale, and write the card for that repo (its
+    usage lines name it) unless README.md was written by hand. Raises ValueError for a bad repo id."""
+    hub_id = parse_hub_id(repo_id, allow_revision=False)
+    ensure_sample_grid(folder)
+    if is_generated_card(folder):
+        write_model_card(folder, extra={"repo_id": hub_id.repo_id})
+    else:
+        log.warning("%s/README.md was not written by ddpm-studio: it is pushed as it is", folder)
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 def _notes(folder: Path, extra: dict | None) -> dict[str, Any]:
     """The card's hand-given entries: those saved in folder/card_notes.json, updated by `extra` (minus "repo_id")."""
@@ -349,8 +294,6 @@ def _train_settings(folder: Path) -> list[tuple[str, Any]]:
 def training_command(folder: str | Path) -> str | None:
     """The train.py command line that reproduces the run in train_config.json (flags that differ from the defaults,
     plus dataset, preset, steps and batch size); None without train_config.json."""
-    from .training import TRAIN_CONFIG_NAME, TrainConfig
-
     path = Path(folder) / TRAIN_CONFIG_NAME
     try:
         cfg = TrainConfig.from_dict(json.loads(path.read_text()))
@@ -383,10 +326,8 @@ def _evaluation(folder: Path, steps: Any) -> str:
     if not isinstance(report, dict):
         return ""
     try:
-        from .evaluate import markdown_table
-
         text = markdown_table(report)
-    except (ImportError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         text = "\n".join(_table([(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in report.items()]))
     evaluated_at = report.get("checkpoint_steps")
     if evaluated_at is not None and steps is not None and evaluated_at != steps:

@@ -12,7 +12,6 @@ half-written file. Loading weights never unpickles anything.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._version import __version__
+from .device import cpu_memory_format
 from .model import ModelConfig, UNet
+from .options import SamplerOptions
 from .schedule import ScheduleConfig
 
 FORMAT = "ddpm-studio"
@@ -32,10 +34,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "training_state.pt"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# What sampling uses where config.json's "sampling" is silent: the one fallback for the app, the CLIs and the cards.
-DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "variance": "posterior",
-                                    "guidance_interval": None, "spacing": 1.0, "class_cfg": None, "redraws": 0,
-                                    "redraw_threshold": 0.0}
 
 
 class CheckpointError(ValueError):
@@ -51,21 +49,21 @@ class CheckpointConfig:
     dataset: str = "unknown"
     class_names: tuple[str, ...] | None = None
     training: dict[str, Any] = field(default_factory=dict)  # steps, images_seen, wall time, final loss, ...
-    sampling: dict[str, Any] = field(default_factory=dict)  # recommended defaults, e.g. {"sampler": "ddim", "steps": 50, "cfg": 2.0}
+    # the recommended sampling settings; a dict (config.json) or None is read, what it leaves out is SamplerOptions'
+    # default, with steps capped at T
+    sampling: SamplerOptions = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        gi = self.sampling.get("guidance_interval")
-        if gi is not None and not (isinstance(gi, (list, tuple)) and len(gi) == 2
-                                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in gi)
-                                   and 0.0 <= gi[0] <= gi[1] <= 1.0):
-            raise CheckpointError(f"sampling.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {gi!r}")
-        per_class = self.sampling.get("class_cfg")
-        if per_class is not None and not (
-                isinstance(per_class, (list, tuple)) and len(per_class) == self.model.num_classes > 0
-                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-                        for w in per_class)):
-            raise CheckpointError(f"sampling.class_cfg must list one guidance scale >= 0 per class "
-                                  f"({self.model.num_classes}), got {per_class!r}")
+        try:
+            sampling = self.sampling
+            if not isinstance(sampling, SamplerOptions):
+                given = dict(sampling or {})
+                given.setdefault("steps", min(SamplerOptions().steps, self.schedule.timesteps))
+                sampling = SamplerOptions.from_dict(given)
+            sampling.validate(self.schedule.timesteps, num_classes=self.model.num_classes)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json \"sampling\" is invalid: {e}") from e
+        object.__setattr__(self, "sampling", sampling)
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
             if self.model.num_classes != len(self.class_names):
@@ -73,19 +71,7 @@ class CheckpointConfig:
                     f"config has {len(self.class_names)} class names but the model has num_classes={self.model.num_classes}"
                 )
 
-    def recommended_sampling(self) -> dict[str, Any]:
-        """The recommended sampling settings: config.json's "sampling" over DEFAULT_SAMPLING (only those keys)."""
-        return {**DEFAULT_SAMPLING, **{k: v for k, v in self.sampling.items() if k in DEFAULT_SAMPLING}}
-
-    def recommended_cfg(self, label: int | None = None) -> float:
-        """The recommended guidance scale w for images of class `label`: its entry of "class_cfg" when the
-        checkpoint recommends one scale per class, else (or for label None) the single "cfg"."""
-        s = self.recommended_sampling()
-        return float(s["class_cfg"][label] if s["class_cfg"] is not None and label is not None else s["cfg"])
-
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -99,7 +85,7 @@ class CheckpointConfig:
                 "channels": self.model.in_channels,
             },
             "training": self.training,
-            "sampling": self.sampling,
+            "sampling": self.sampling.to_dict(),
         }
 
     @classmethod
@@ -222,19 +208,6 @@ def load_model(folder: str | Path, config: CheckpointConfig | None = None, *, de
     if torch.device(device).type == "cpu":
         model = model.to(memory_format=cpu_memory_format())
     return model, config
-
-
-def cpu_memory_format() -> torch.memory_format:
-    """The weight layout sampling on this CPU runs fastest in: channels-last without bf16 autocast, else NCHW.
-
-    Measured with the shipped small UNet (DPM-Solver++(2M), 50 steps, CFG in 0.2..0.8): on a CPU without bf16,
-    channels-last sampled a 4x4 grid 1.24x as fast as NCHW (fp32); on one with bf16 it sampled the same grid in
-    bf16 (the app's choice for a network batch of 16 or more) at 0.95x the speed of NCHW, and 1-4 images in fp32
-    at 0.98-1.12x. bench/bench_library.py measures both layouts on the machine at hand.
-    """
-    from .training import bf16_supported  # training imports this module
-
-    return torch.contiguous_format if bf16_supported(torch.device("cpu")) else torch.channels_last
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:

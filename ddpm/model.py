@@ -272,4 +272,12 @@ class Upsample(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of a built model."""
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Parameters and buffers of the UNet a config describes, counted on the meta device (no memory used)."""
+    with torch.device("meta"):
+        model = UNet(config)
+    return sum(t.numel() for t in model.state_dict().values())

@@ -1,8 +1,9 @@
 """The public API: load a checkpoint into a Pipeline, then sample to the end or step by step.
 
     pipe = ddpm.load("checkpoints/fashion-mnist")
-    images = pipe.sample(labels=[7] * 4, cfg=3, steps=50, sampler="ddim", seed=0)   # (4, 1, 28, 28) in [-1, 1]
-    for step in pipe.stream(labels=["Sneaker"], steps=50):                           # ddpm.samplers.Step
+    images = pipe.sample(labels=[7] * 4, seed=0)               # the checkpoint's recommended settings; (4, 1, 28, 28)
+    images = pipe.sample(labels=[7] * 4, cfg=3, steps=25)      # ... with some of them changed
+    for step in pipe.stream(labels=["Sneaker"], options=pipe.recommended.replace(sampler="ddim")):  # ddpm.Step
         ...
 """
 
@@ -15,9 +16,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointConfig, load_config, load_model
+from .hub import resolve_checkpoint
 from .model import UNet
-from .samplers import SamplerOptions, Step, check_seed, run_to_end, sample_steps
+from .options import SamplerOptions
+from .samplers import Step, check_seed, resolve_precision, run_to_end, sample_steps
 from .schedule import NoiseSchedule
+from .selfcheck import redraw_steps
 
 Label = int | str
 
@@ -47,10 +51,18 @@ class Pipeline:
         return self.config.model.num_classes is not None
 
     @property
-    def guidance_interval(self) -> tuple[float, float] | None:
-        """The checkpoint's recommended guidance interval (config.json "sampling"): CFG only for t/T in [lo, hi]."""
-        gi = self.config.sampling.get("guidance_interval")
-        return (float(gi[0]), float(gi[1])) if gi is not None and self.conditional else None
+    def recommended(self) -> SamplerOptions:
+        """The checkpoint's recommended sampling settings (config.json "sampling"): what sample() uses by default."""
+        return self.config.sampling
+
+    def options(self, options: SamplerOptions | None = None, **changes) -> SamplerOptions:
+        """Checked settings: `options` (default: the recommendation) with `changes` (SamplerOptions.replace)."""
+        opts = (options if options is not None else self.recommended)
+        if not isinstance(opts, SamplerOptions):
+            raise ValueError(f"options must be a ddpm.SamplerOptions, got {type(opts).__name__}")
+        opts = opts.replace(**changes) if changes else opts
+        opts.validate(self.T, num_classes=self.config.model.num_classes)
+        return opts
 
     @property
     def T(self) -> int:
@@ -95,43 +107,28 @@ class Pipeline:
             raise ValueError("this model is class-conditional: pass labels, e.g. labels=[0, 0, 1]")
         return torch.tensor([self.label_index(l) for l in labels], dtype=torch.long), len(labels)
 
-    def stream(
-        self,
-        labels: Sequence[Label] | None = None,
-        *,
-        n: int | None = None,
-        seed: int = 0,
-        sampler: str = "ddim",
-        steps: int = 50,
-        cfg: float = 3.0,
-        eta: float = 0.0,
-        variance: str = "posterior",
-        clip_x0: bool = True,
-        guidance_interval: tuple[float, float] | None = None,
-        precision: str = "fp32",
-        spacing: float = 1.0,
-        class_cfg: Sequence[float] | None = None,
-        redraws: int = 0,
-        redraw_threshold: float = 0.0,
-    ) -> Iterator[Step]:
+    def stream(self, labels: Sequence[Label] | None = None, *, n: int | None = None, seed: int = 0,
+               options: SamplerOptions | None = None, **changes) -> Iterator[Step]:
         """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names.
 
-        sampler: "ddim" (eta: its noise), "dpm++2m" (DPM-Solver++(2M), deterministic) or "ddpm" (ancestral).
-        spacing: where the `steps` time steps sit, t_i = (T-1) (1 - i/(steps-1))^spacing (1 = evenly in t).
-        class_cfg: one guidance scale per class (index = class index), used instead of cfg: image i is guided
-        with class_cfg[label_i].
-        redraws: up to this many rounds of drawing again the images the model itself reads as another class
-        (ddpm.selfcheck; relative margin <= redraw_threshold); their steps are yielded too, with Step.draw = round.
+        options: the settings (default: the checkpoint's recommendation, `recommended`); keyword `changes` override
+        single fields (sampler="ddim", steps=25, cfg=3, ...; see ddpm.SamplerOptions). Giving cfg drops the
+        recommended per-class scales; guidance_interval=None guides every step. With redraws > 0 the images the
+        model itself reads as another class are drawn again (ddpm.selfcheck), their steps yielded with Step.draw.
         """
         y, count = self._labels(labels, n)
-        options = SamplerOptions(sampler=sampler, steps=steps, cfg=cfg, eta=eta, variance=variance, clip_x0=clip_x0,
-                                 guidance_interval=guidance_interval, precision=precision, spacing=spacing,
-                                 class_cfg=tuple(class_cfg) if isinstance(class_cfg, (list, tuple)) else class_cfg,
-                                 redraws=redraws, redraw_threshold=redraw_threshold)
-        options.validate(self.T, num_classes=self.config.model.num_classes)  # fail now, not at the first next()
+        opts = self.options(options, **changes)  # fail now, not at the first next()
         check_seed(seed, count)
-        return sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=options,
-                            null_label=self.config.model.num_classes, image_shape=self.image_shape, device=self.device)
+        opts = resolve_precision(opts, count, conditional=y is not None, device=self.device)  # "auto": once
+        steps = sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=opts,
+                             null_label=self.config.model.num_classes, image_shape=self.image_shape,
+                             device=self.device)
+        if not opts.redraws or y is None:
+            return steps
+        return redraw_steps(self.model, self.schedule, steps, seeds=[seed + i for i in range(count)], labels=y,
+                            options=opts,
+                            num_classes=self.config.model.num_classes, image_shape=self.image_shape,
+                            device=self.device)
 
     def sample(self, labels: Sequence[Label] | None = None, **kwargs) -> torch.Tensor:
         """The final images, (B, C, H, W) in [-1, 1]; same arguments as stream()."""
@@ -140,8 +137,6 @@ class Pipeline:
 
 def load(source: str | Path, *, device: str | torch.device = "cpu") -> Pipeline:
     """Load a checkpoint folder, or a Hugging Face Hub id "user/repo[@revision]", into a Pipeline."""
-    from .hub import resolve_checkpoint
-
     folder = resolve_checkpoint(str(source))
     config = load_config(folder)
     model, config = load_model(folder, config, device=device)

@@ -17,10 +17,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .allocator import tune_allocator
-from .checkpoint import DEFAULT_SAMPLING as DEFAULTS
-from .samplers import SAMPLERS
+from .device import resolve_device
+from .frames import frames_by_log_snr, side_by_side, step_log_snr
+from .images import make_grid, save_gif, to_pil, to_uint8
+from .options import add_arguments, from_args
+from .pipeline import Pipeline, load
+from .samplers import timesteps_for
 
 GRID_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -39,33 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "per class); default 'all' for a class-conditional model; not allowed for an unconditional one")
     p.add_argument("--n", type=int, default=None,
                    help="number of images (default 16), or images per class with --label all (default 8)")
-    rec = "default: the checkpoint's recommendation, else"
-    p.add_argument("--cfg", type=float, default=None,
-                   help=f"guidance scale w: 0 unconditional, 1 conditional, >1 guided ({rec} {DEFAULTS['cfg']})")
-    p.add_argument("--class-cfg", type=float, nargs="+", default=None, metavar="W",
-                   help="one guidance scale per class, instead of --cfg: class c's images use the c-th (default: "
-                        "the checkpoint's per-class recommendation when it has one and --cfg is not given)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help=f"({rec} {DEFAULTS['sampler']})")
-    p.add_argument("--steps", type=int, default=None, help=f"denoising steps, 1..T ({rec} {DEFAULTS['steps']})")
-    p.add_argument("--eta", type=float, default=None,
-                   help=f"DDIM noise: 0 deterministic .. 1 DDPM-like ({rec} {DEFAULTS['eta']})")
-    p.add_argument("--spacing", type=float, default=None,
-                   help=f"time-step spacing power: 1 = even steps in t, 2 = quadratic, more steps at low noise "
-                        f"({rec} {DEFAULTS['spacing']:g})")
-    p.add_argument("--variance", choices=("posterior", "beta"), default=None,
-                   help=f"DDPM sigma_t^2; 'beta' only with all T steps ({rec} {DEFAULTS['variance']})")
-    gi = p.add_mutually_exclusive_group()
-    gi.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                    help=f"apply CFG only for t/T in [LO, HI], w = 1 elsewhere ({rec} none)")
-    gi.add_argument("--full-guidance", action="store_true",
-                    help="apply CFG at every step, even if the checkpoint recommends an interval")
-    p.add_argument("--redraws", type=int, default=None,
-                   help="rounds of drawing again the images the model itself reads as another class, 0 = off "
-                        f"({rec} {DEFAULTS['redraws']})")
-    p.add_argument("--no-clip", action="store_true", help="do not clip x0_pred to [-1, 1] at each step")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="network precision; bf16 autocast is faster at batch >= 16 on CPUs with bf16 support")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="samples.png", help=f"grid image ({', '.join(GRID_EXTS)}) or .npz of raw uint8 images")
@@ -73,10 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=36, help="animation frames, chosen evenly in log-SNR")
     p.add_argument("--fps", type=float, default=12.0, help="animation frames per second")
     p.add_argument("--scale", type=int, default=2, help="integer enlargement of grid and GIF pixels")
+    add_arguments(p)
     return p.parse_args(argv)
 
 
-def _labels(pipe, label: str | None, n: int | None) -> tuple[list[int] | None, int, int]:
+def _labels(pipe: Pipeline, label: str | None, n: int | None) -> tuple[list[int] | None, int, int]:
     """(labels of every image or None for an unconditional model, number of images, images per grid row)."""
     if not pipe.conditional:
         if label is not None:
@@ -93,14 +73,6 @@ def _labels(pipe, label: str | None, n: int | None) -> tuple[list[int] | None, i
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Sample as the arguments say; return the files written."""
-    import torch
-
-    import ddpm
-    from ddpm.frames import frames_by_log_snr, side_by_side, step_log_snr
-    from ddpm.images import make_grid, save_gif, to_pil, to_uint8
-    from ddpm.samplers import timesteps_for
-    from ddpm.training import resolve_device
-
     out = Path(args.out)
     kind = out.suffix.lower()
     if kind != ".npz" and kind not in GRID_EXTS:
@@ -120,28 +92,18 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
-    pipe = ddpm.load(args.checkpoint, device=resolve_device(args.device))
-    recommended = pipe.config.recommended_sampling()
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else recommended[name]  # noqa: E731
-    if args.cfg is not None and args.class_cfg is not None:
-        raise ValueError("give --cfg or --class-cfg, not both")
-    class_cfg = args.class_cfg or (recommended["class_cfg"] if args.cfg is None and pipe.conditional else None)
-    interval = None if args.full_guidance else pick("guidance_interval")
-    settings = dict(sampler=pick("sampler"), steps=pick("steps"), cfg=pick("cfg"), eta=pick("eta"),
-                    variance=pick("variance"), spacing=float(pick("spacing")), clip_x0=not args.no_clip,
-                    precision=args.precision, seed=args.seed, class_cfg=class_cfg,
-                    redraws=int(pick("redraws")) if pipe.conditional else 0,
-                    guidance_interval=tuple(interval) if interval is not None and pipe.conditional else None)
+    pipe = load(args.checkpoint, device=resolve_device(args.device))
+    options = pipe.options(from_args(args, pipe.recommended))
     labels, n, nrow = _labels(pipe, args.label, args.n)
+    stream = pipe.stream(labels, n=None if labels is not None else n, seed=args.seed, options=options)
 
-    stream = pipe.stream(labels, n=None if labels is not None else n, **settings)
     def grid(x: torch.Tensor) -> np.ndarray:  # (B, C, H, W) in [-1, 1] -> uint8 (H', W', C), nrow per row
         return make_grid(to_uint8(x), nrow=nrow)
 
     keep = set()
     if args.gif:  # the same log-SNR-spaced frames as the app's animation
-        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, timesteps_for(pipe.T, settings["steps"],
-                                                                            settings["spacing"])), args.frames))
+        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, timesteps_for(pipe.T, options.steps, options.spacing)),
+                                     args.frames))
     frames, last = [], None
     for step in stream:
         if step.index in keep:

@@ -1,7 +1,8 @@
 """Samplers: DDPM ancestral (full or respaced), DDIM and DPM-Solver++(2M), with classifier-free guidance.
 
 Each sampler is a generator that yields a `Step` after every denoising step, so the app, the CLI and
-the tests all run the same loop; `run_to_end` consumes one and returns the final images.
+the tests all run the same loop; `run_to_end` consumes one and returns the final images. The settings
+are ddpm.options.SamplerOptions.
 
 Notation (code name -> paper name), for a step from time step t to the previous kept step s < t:
 
@@ -28,22 +29,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
+from .device import choose_precision
+from .options import SamplerOptions, check_spacing
 from .schedule import NoiseSchedule
-from .selfcheck import check_seeds, class_errors, redraw_seeds, relative_margin
 
-SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
-SAMPLER_NAMES: dict[str, str] = {"ddpm": "DDPM ancestral", "ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)"}
-VARIANCES: tuple[str, ...] = ("posterior", "beta")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 MAX_SEED = 2**63 - 1
-MAX_REDRAWS = 5
-MAX_SPACING = 4.0  # the largest time-step spacing power
 
 
 @dataclass(frozen=True)
@@ -61,80 +55,11 @@ class Step:
     t: int
     x_t: torch.Tensor
     x0_pred: torch.Tensor
-    draw: int = 0  # 0 = the first draw; r = redraw round r (SamplerOptions.redraws), whose steps re-run 0..S-1
+    draw: int = 0  # 0 = the first draw; r = redraw round r (ddpm.selfcheck.redraw_steps), re-running 0..S-1
 
     @property
     def is_last(self) -> bool:
         return self.index == self.num_steps - 1
-
-
-@dataclass(frozen=True)
-class SamplerOptions:
-    """Everything that decides a sampling run besides the model, the labels and the seed."""
-
-    sampler: str = "ddim"  # "ddpm" (ancestral), "ddim" or "dpm++2m" (DPM-Solver++(2M), deterministic)
-    steps: int = 50  # number of network evaluations, 1..T; T with "ddpm" is the original chain
-    cfg: float = 3.0  # guidance scale w; 0 = unconditional, 1 = conditional
-    eta: float = 0.0  # DDIM only: 0 = deterministic, 1 = DDPM-like noise
-    variance: str = "posterior"  # DDPM only: "posterior" (beta tilde) or "beta" (full T steps only)
-    clip_x0: bool = True  # clip x0_pred to [-1, 1] at each step
-    guidance_interval: tuple[float, float] | None = None  # apply CFG only for t/T in [lo, hi]; else w = 1
-    precision: str = "fp32"  # network precision: "fp32" or "bf16" (autocast)
-    spacing: float = 1.0  # kept time steps at t = (T-1) (1 - i/(S-1))^spacing: 1 = even, 2 = quadratic
-    class_cfg: tuple[float, ...] | None = None  # one w per class (index = label); replaces cfg for every image
-    redraws: int = 0  # rounds of redrawing the images the model reads as another class (ddpm.selfcheck); 0 = off
-    redraw_threshold: float = 0.0  # redraw when the own class's relative margin is <= this
-
-    def validate(self, T: int, num_classes: int | None = None) -> None:
-        """Raise ValueError naming what is wrong. num_classes: the model's (None = unconditional), for class_cfg."""
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= T:
-            raise ValueError(f"steps must be an integer in 1..{T}, got {self.steps!r}")
-        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
-            raise ValueError(f"cfg (guidance scale) must be a finite number >= 0, got {self.cfg!r}")
-        if self.class_cfg is not None and (
-            not isinstance(self.class_cfg, (tuple, list)) or not self.class_cfg
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-                       for w in self.class_cfg)):
-            raise ValueError("class_cfg must be a sequence of finite guidance scales >= 0, one per class, "
-                             f"got {self.class_cfg!r}")
-        if self.class_cfg is not None and num_classes is None:
-            raise ValueError("class_cfg needs a class-conditional model")
-        if self.class_cfg is not None and len(self.class_cfg) != num_classes:
-            raise ValueError(f"class_cfg needs one guidance scale per class: {num_classes} classes, "
-                             f"got {len(self.class_cfg)} scales")
-        if not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
-        if self.variance not in VARIANCES:
-            raise ValueError(f"unknown variance {self.variance!r}; choose one of {', '.join(VARIANCES)}")
-        if self.sampler == "ddpm" and self.variance == "beta" and self.steps != T:
-            raise ValueError(
-                f"variance='beta' is only allowed with all {T} steps; respaced DDPM ({self.steps} steps) "
-                "needs variance='posterior' (sigma^2 = beta is several times worse at few steps)"
-            )
-        check_spacing(self.spacing)
-        if isinstance(self.redraws, bool) or not isinstance(self.redraws, (int, np.integer)) \
-                or not 0 <= self.redraws <= MAX_REDRAWS:
-            raise ValueError(f"redraws must be an integer in 0..{MAX_REDRAWS} (0 = off), got {self.redraws!r}")
-        if self.redraws and num_classes is None:
-            raise ValueError("redraws need a class-conditional model: the check asks which class explains an image")
-        if isinstance(self.redraw_threshold, bool) or not isinstance(self.redraw_threshold, (int, float)) \
-                or not -1.0 <= self.redraw_threshold <= 1.0:
-            raise ValueError(f"redraw_threshold must be a number in [-1, 1], got {self.redraw_threshold!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.guidance_interval is not None:
-            lo, hi = self.guidance_interval
-            if not 0.0 <= lo <= hi <= 1.0:
-                raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.guidance_interval}")
-
-
-def check_spacing(spacing: float) -> None:
-    """Raise ValueError unless spacing is a number in [1, MAX_SPACING]."""
-    if isinstance(spacing, bool) or not isinstance(spacing, (int, float, np.floating)) \
-            or not 1.0 <= float(spacing) <= MAX_SPACING:
-        raise ValueError(f"spacing must be a number in 1..{MAX_SPACING:g} (1 = even steps, 2 = quadratic), got {spacing!r}")
 
 
 def timesteps_for(T: int, steps: int, spacing: float = 1.0) -> list[int]:
@@ -366,7 +291,7 @@ def solver_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, rngs
     if options.sampler == "ddim":
         return ddim_steps(eps_fn, schedule, x_T, rngs, steps=steps, eta=float(options.eta), clip_x0=clip,
                           spacing=spacing)
-    raise ValueError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    raise ValueError(f"unknown sampler {options.sampler!r}; choose one of ddpm, ddim, dpm++2m")
 
 
 def sample_steps(
@@ -383,56 +308,44 @@ def sample_steps(
 ) -> Iterator[Step]:
     """Sample n images step by step. Image i uses its own generator seeded seed+i (x_T and every step's noise).
 
-    With options.redraws = R > 0 (conditional models), the finished images are checked by the model itself
-    (ddpm.selfcheck): those it reads as another class are drawn again from fresh noise, up to R rounds, keeping
-    each image's draw with the larger margin. A redraw round yields its steps again (Step.draw = r), with the
-    images not being redrawn held at their final values; the last Step yielded holds the kept images.
+    options.precision "auto" is resolved here, once for the whole batch (resolve_precision). Redraw rounds
+    (options.redraws) are not done here: ddpm.selfcheck.redraw_steps wraps this stream (Pipeline does both).
     """
     options.validate(schedule.T, num_classes=null_label)
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    device = torch.device(device)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
     check_seed(seed, n)
-    seeds = [int(seed) + i for i in range(n)]
+    options = resolve_precision(options, n, conditional=labels is not None and null_label is not None,
+                                device=torch.device(device))
     y = labels.to(device) if labels is not None else None
-    last = None
-    for last in _draw_steps(model, schedule, seeds, y, options, null_label, image_shape, device, draw=0):
-        yield last
-    if not options.redraws or y is None or null_label is None:
-        return
-
-    def margins(x0: torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
-        draw_seeds = redraw_seeds([seeds[i] for i in idx.tolist()], draw)
-        errors = class_errors(model, schedule, x0, num_classes=null_label, seeds=check_seeds(draw_seeds),
-                              precision=options.precision)
-        return relative_margin(errors, y[idx].cpu())
-
-    final, final_x0 = last.x_t.clone(), last.x0_pred.clone()
-    margin = margins(final, torch.arange(n), 0)
-    redrawn = 0  # the last round that redrew anything
-    for draw in range(1, int(options.redraws) + 1):
-        bad = (margin <= options.redraw_threshold).nonzero().squeeze(1)
-        if not len(bad):
-            break
-        redrawn = draw
-        part = None
-        for part in _draw_steps(model, schedule, redraw_seeds([seeds[i] for i in bad.tolist()], draw), y[bad],
-                                options, null_label, image_shape, device, draw=draw):
-            x_t, x0_pred = final.clone(), final_x0.clone()
-            x_t[bad], x0_pred[bad] = part.x_t, part.x0_pred
-            yield Step(part.index, part.num_steps, part.t, x_t, x0_pred, draw)
-        new = margins(part.x_t, bad, draw)
-        better = new > margin[bad]
-        final[bad[better]], final_x0[bad[better]] = part.x_t[better], part.x0_pred[better]
-        margin[bad[better]] = new[better]
-    if redrawn:  # the kept draw of each image (a redraw that scored worse than the earlier draw is dropped)
-        yield Step(last.index, last.num_steps, last.t, final, final_x0, redrawn)
+    seeds = [int(seed) + i for i in range(n)]
+    return draw_steps(model, schedule, seeds, y, options, null_label, image_shape, torch.device(device))
 
 
-def _draw_steps(model: torch.nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], y: torch.Tensor | None,
-                options: SamplerOptions, null_label: int | None, image_shape: tuple[int, int, int],
-                device: torch.device, *, draw: int) -> Iterator[Step]:
-    """One pass of the sampler over the images with these seeds (image i: a generator seeded seeds[i])."""
+def network_batch(n: int, options: SamplerOptions, *, conditional: bool) -> int:
+    """Rows per network call for n images: guidance runs the conditional and unconditional halves in one batch."""
+    guided = options.class_cfg is not None or options.cfg not in (0.0, 1.0)
+    return 2 * n if conditional and guided else n
+
+
+def resolve_precision(options: SamplerOptions, n: int, *, conditional: bool,
+                      device: torch.device = torch.device("cpu")) -> SamplerOptions:
+    """options with precision "auto" replaced by what ddpm.device.choose_precision picks for this batch."""
+    if options.precision != "auto":
+        return options
+    precision, _ = choose_precision("auto", network_batch(n, options, conditional=conditional), device)
+    return options.replace(precision=precision)
+
+
+def draw_steps(model: torch.nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], y: torch.Tensor | None,
+               options: SamplerOptions, null_label: int | None, image_shape: tuple[int, int, int],
+               device: torch.device, *, draw: int = 0) -> Iterator[Step]:
+    """One pass of the sampler over the images with these seeds (image i: a generator seeded seeds[i]).
+
+    Every Step is on the CPU, tagged with `draw`; the final image is clamped to [-1, 1].
+    """
+    if options.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be resolved to fp32 or bf16 here, got {options.precision!r}")
     rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
     x_T = randn_per_image(rngs, image_shape, device)
     cfg: float | torch.Tensor = float(options.cfg)

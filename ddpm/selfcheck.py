@@ -11,19 +11,21 @@ image sampled for class y whose own class does not explain it best, relative mar
 
     m = (min_{c != y} e_c - e_y) / e_y <= threshold,
 
-is one the model itself reads as another class: sampling with redraws (`SamplerOptions.redraws`) draws it again from
+is one the model itself reads as another class: `redraw_steps` (SamplerOptions.redraws) draws it again from
 fresh noise, keeps whichever draw has the larger margin, and stops once every image passes or the rounds run out.
 Rejection rather than stronger guidance: it replaces the few ambiguous samples of a class instead of pushing every
 sample towards the class's prototype. On the shipped Fashion-MNIST model it buys class accuracy at about the price in
-variety (FD) that a larger guidance scale pays (README, "Sampler-side attempts"), for 1.5-2x the sampling time.
+variety (FD) that a larger guidance scale pays (docs/models/fashion-mnist.md), for 1.5-2x the sampling time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
+from .options import SamplerOptions
+from .samplers import Step, draw_steps
 from .schedule import NoiseSchedule
 
 # where the check noises the image, as fractions of T: mid to high noise, where the class decides the prediction
@@ -107,3 +109,49 @@ def check_seeds(sampling_seeds: Sequence[int]) -> list[int]:
 def redraw_seeds(seeds: Sequence[int], draw: int) -> list[int]:
     """The seeds of redraw round `draw` (0 = the original draw) for images whose original seeds are `seeds`."""
     return [(int(s) + draw * REDRAW_SEED_STRIDE) % 2**63 for s in seeds]
+
+
+def redraw_steps(model: torch.nn.Module, schedule: NoiseSchedule, first: Iterator[Step], *, seeds: Sequence[int],
+                 labels: torch.Tensor, options: SamplerOptions, num_classes: int, image_shape: tuple[int, int, int],
+                 device: torch.device) -> Iterator[Step]:
+    """Yield the finished stream `first` (images with these seeds and labels), then up to options.redraws rounds.
+
+    After the first draw the model checks its images; those it reads as another class (relative margin <=
+    options.redraw_threshold) are drawn again with the seeds of the round (redraw_seeds) and checked, each image
+    keeping the draw with the larger margin. A round yields its steps (Step.draw = r) with the images not being
+    redrawn held at their kept values; after the rounds, a last Step holds the kept images.
+    options must have a resolved precision (fp32 or bf16), as `first` was sampled with.
+    """
+    last = None
+    for last in first:
+        yield last
+    if last is None or not options.redraws:
+        return
+    y = labels.to(device)
+
+    def margins(x0: torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
+        draw_seeds = redraw_seeds([seeds[i] for i in idx.tolist()], draw)
+        errors = class_errors(model, schedule, x0, num_classes=num_classes, seeds=check_seeds(draw_seeds),
+                              precision=options.precision)
+        return relative_margin(errors, y[idx].cpu())
+
+    final, final_x0 = last.x_t.clone(), last.x0_pred.clone()
+    margin = margins(final, torch.arange(len(seeds)), 0)
+    redrawn = 0  # the last round that redrew anything
+    for draw in range(1, int(options.redraws) + 1):
+        bad = (margin <= options.redraw_threshold).nonzero().squeeze(1)
+        if not len(bad):
+            break
+        redrawn = draw
+        part = None
+        for part in draw_steps(model, schedule, redraw_seeds([seeds[i] for i in bad.tolist()], draw), y[bad],
+                               options, num_classes, image_shape, device, draw=draw):
+            x_t, x0_pred = final.clone(), final_x0.clone()  # a consumer may keep the tensors it was given
+            x_t[bad], x0_pred[bad] = part.x_t, part.x0_pred
+            yield Step(part.index, part.num_steps, part.t, x_t, x0_pred, draw)
+        new = margins(part.x_t, bad, draw)
+        better = new > margin[bad]
+        final[bad[better]], final_x0[bad[better]] = part.x_t[better], part.x0_pred[better]
+        margin[bad[better]] = new[better]
+    if redrawn:  # the kept draw of each image (a redraw that scored worse than the earlier draw is dropped)
+        yield Step(last.index, last.num_steps, last.t, final, final_x0, redrawn)

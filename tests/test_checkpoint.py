@@ -11,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ddpm
+from ddpm.options import SamplerOptions
 from ddpm.checkpoint import (
     CONFIG_NAME,
-    DEFAULT_SAMPLING,
     STATE_NAME,
     WEIGHTS_NAME,
     CheckpointConfig,
@@ -67,7 +67,7 @@ def test_round_trip_same_outputs(saved):
     assert config.model == model.config
     assert config.schedule == ScheduleConfig(name="cosine", timesteps=500)
     assert config.class_names == ("class 0", "class 1", "class 2")
-    assert config.sampling == {"sampler": "ddim", "steps": 20, "cfg": 2.0}
+    assert config.sampling == SamplerOptions(sampler="ddim", steps=20, cfg=2.0)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
@@ -93,9 +93,9 @@ def test_pipeline_loads_the_same_weights(saved):
 
 
 def test_on_a_cpu_without_bf16_the_convolutions_run_channels_last_and_save_plain(saved, tmp_path, monkeypatch):
-    import ddpm.training
+    import ddpm.device
 
-    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device: False)
     folder, model = saved
     loaded, config = load_model(folder)
     convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -111,9 +111,9 @@ def test_on_a_cpu_without_bf16_the_convolutions_run_channels_last_and_save_plain
 
 def test_on_a_cpu_with_bf16_the_weights_stay_nchw(saved, monkeypatch):
     """bf16 autocast's convolutions ran slower in channels-last (0.95x on the app's grid), so such a CPU keeps NCHW."""
-    import ddpm.training
+    import ddpm.device
 
-    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device: True)
     folder, model = saved
     loaded, _ = load_model(folder)
     convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -247,15 +247,20 @@ def test_class_names_must_match_num_classes():
 
 
 def test_recommended_sampling_fills_in_the_defaults(saved):
-    """config.json's "sampling" wins key by key; what it leaves out comes from DEFAULT_SAMPLING; unknown keys are
-    dropped. The recommendation survives a save/load round trip."""
+    """config.json's "sampling" is a SamplerOptions: what it leaves out takes the dataclass's defaults; it survives a
+    save/load round trip; an unknown key or a bad value is a CheckpointError naming it."""
     folder, model = saved
-    config = config_for(model, sampling={"cfg": 2.0, "guidance_interval": [0.2, 0.8], "comment": "not a setting"})
-    assert config.recommended_sampling() == {**DEFAULT_SAMPLING, "cfg": 2.0, "guidance_interval": [0.2, 0.8]}
-    assert DEFAULT_SAMPLING["cfg"] == 3.0 and DEFAULT_SAMPLING["sampler"] == "ddim"  # the documented fallbacks
-    assert config_for(model).recommended_sampling() == DEFAULT_SAMPLING
+    config = config_for(model, sampling={"cfg": 2.0, "guidance_interval": [0.2, 0.8]})
+    assert config.sampling == SamplerOptions(cfg=2.0, guidance_interval=(0.2, 0.8))
+    assert SamplerOptions().cfg == 3.0 and SamplerOptions().sampler == "ddim"  # the documented fallbacks
+    assert config_for(model).sampling == SamplerOptions()
     save_checkpoint(folder, model, config)
-    assert ddpm.load(folder).config.recommended_sampling()["guidance_interval"] == [0.2, 0.8]
+    assert ddpm.load(folder).recommended.guidance_interval == (0.2, 0.8)
+    assert json.loads((folder / CONFIG_NAME).read_text())["sampling"]["guidance_interval"] == [0.2, 0.8]
+    with pytest.raises(CheckpointError, match="unknown sampling setting 'comment'"):
+        config_for(model, sampling={"cfg": 2.0, "comment": "not a setting"})
+    with pytest.raises(CheckpointError, match="steps must be an integer in 1..500"):
+        config_for(model, sampling={"steps": 501})
 
 
 def test_training_state_round_trip(tmp_path):

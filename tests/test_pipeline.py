@@ -86,7 +86,7 @@ def test_labels_are_required_for_a_conditional_model(pipe):
     (dict(sampler="euler"), r"unknown sampler 'euler'; choose one of ddpm, ddim"),
     (dict(eta=2.0), r"eta must be a number in \[0, 1\]"),
     (dict(sampler="ddpm", steps=50, variance="beta"), r"variance='beta' is only allowed with all 1000 steps"),
-    (dict(precision="fp16"), r"unknown precision 'fp16'; choose one of fp32, bf16"),
+    (dict(precision="fp16"), r"unknown precision 'fp16'; choose one of auto, fp32, bf16"),
     (dict(seed=-3), r"seed must be an integer in 0\.\."),
     (dict(class_cfg=[2.0, 1.0]), r"class_cfg needs one guidance scale per class: 3 classes, got 2 scales"),
     (dict(class_cfg=[2.0, 2.0, -1.0]), r"class_cfg must be a sequence of finite guidance scales >= 0"),
@@ -113,3 +113,61 @@ def test_unconditional_pipeline(tmp_path):
         pipe.stream(n=2, class_cfg=[2.0])
     with pytest.raises(ValueError, match="unconditional"):
         pipe.label_index(0)
+
+
+@pytest.fixture(scope="module")
+def recommending(tiny_checkpoint, tmp_path_factory) -> ddpm.Pipeline:
+    """The tiny checkpoint with a recommendation in config.json that differs from every default."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("rec") / "ck"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["sampling"] = {"sampler": "dpm++2m", "steps": 7, "cfg": 2.0, "class_cfg": [1.5, 2.5, 4.0],
+                          "guidance_interval": [0.2, 0.8], "spacing": 1.5}
+    (folder / "config.json").write_text(json.dumps(config))
+    return ddpm.load(folder)
+
+
+def test_no_settings_sample_at_the_recommendation(recommending):
+    rec = recommending.recommended
+    assert isinstance(rec, ddpm.SamplerOptions) and (rec.sampler, rec.steps, rec.class_cfg) == ("dpm++2m", 7, (1.5, 2.5, 4.0))
+    steps = list(recommending.stream(labels=[0, 2], seed=3))
+    assert len(steps) == 7
+    explicit = recommending.sample(labels=[0, 2], seed=3, options=ddpm.SamplerOptions(
+        sampler="dpm++2m", steps=7, cfg=2.0, class_cfg=(1.5, 2.5, 4.0), guidance_interval=(0.2, 0.8), spacing=1.5))
+    assert torch.equal(steps[-1].x_t, explicit)
+
+
+def test_keyword_changes_apply_over_the_recommendation(recommending):
+    assert len(list(recommending.stream(labels=[1], steps=4))) == 4
+    one_w = recommending.options(cfg=3.0)
+    assert one_w.class_cfg is None and one_w.guidance_interval == (0.2, 0.8) and one_w.steps == 7
+    assert recommending.options(guidance_interval=None).guidance_interval is None
+    base = ddpm.SamplerOptions(sampler="ddim", steps=5)
+    assert recommending.options(base, eta=0.5) == base.replace(eta=0.5)  # options replaces the recommendation
+    same = recommending.sample(labels=[1], seed=0, options=base)
+    assert torch.equal(same, recommending.sample(labels=[1], seed=0, sampler="ddim", steps=5, cfg=3.0,
+                                                 guidance_interval=None, spacing=1.0))
+    with pytest.raises(ValueError, match="unknown sampling setting 'stepz'"):
+        recommending.sample(labels=[1], stepz=3)
+    with pytest.raises(ValueError, match="options must be a ddpm.SamplerOptions"):
+        recommending.sample(labels=[1], options={"steps": 3})
+
+
+def test_auto_precision_is_resolved_once_for_the_batch(recommending, monkeypatch):
+    import ddpm.device
+
+    monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device: True)
+    seen = []
+    original = ddpm.samplers.guided_eps_fn
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ddpm.samplers, "guided_eps_fn", spy)
+    recommending.sample(labels=[0] * 8, steps=2, precision="auto")  # 8 images x 2 halves = 16 rows: bf16
+    recommending.sample(labels=[0] * 2, steps=2, precision="auto")  # 4 rows: fp32
+    assert seen == ["bf16", "fp32"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm.samplers import SamplerOptions, run_to_end, sample_steps
+from ddpm.options import SamplerOptions
+from ddpm.samplers import run_to_end, sample_steps
 from ddpm.schedule import NoiseSchedule, ScheduleConfig
 from ddpm.selfcheck import (
     CHECK_SEED_OFFSET,
@@ -15,6 +16,7 @@ from ddpm.selfcheck import (
     check_timesteps,
     class_errors,
     redraw_seeds,
+    redraw_steps,
     relative_margin,
 )
 
@@ -86,9 +88,13 @@ def test_relative_margin_and_seeds():
 
 
 def _run(oracle, schedule, n, redraws, seed=0):
+    """sample_steps wrapped by redraw_steps, as Pipeline.stream does."""
     options = SamplerOptions(sampler="ddim", steps=25, cfg=1.0, redraws=redraws)
-    return list(sample_steps(oracle, schedule, n=n, labels=torch.zeros(n, dtype=torch.long), seed=seed,
-                             options=options, null_label=3, image_shape=SHAPE))
+    labels = torch.zeros(n, dtype=torch.long)
+    first = sample_steps(oracle, schedule, n=n, labels=labels, seed=seed, options=options, null_label=3,
+                         image_shape=SHAPE)
+    return list(redraw_steps(oracle, schedule, first, seeds=[seed + i for i in range(n)], labels=labels,
+                             options=options, num_classes=3, image_shape=SHAPE, device=torch.device("cpu")))
 
 
 def nearest_mode(x: torch.Tensor) -> torch.Tensor:

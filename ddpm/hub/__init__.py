@@ -1,5 +1,8 @@
 """Hugging Face Hub I/O: pull "user/repo[@revision]", push a checkpoint folder, deploy the demo as a Space.
 
+This package only moves files: the folder pushed is uploaded as it is (its model card is written by whoever makes
+the folder: ddpm.export, train.py, or the `python -m ddpm.hub push` command, ddpm/hub/__main__.py).
+
     resolve_checkpoint("checkpoints/fashion-mnist")         # a local folder, as is
     resolve_checkpoint("user/ddpm-fashion@v1")              # downloaded into the huggingface_hub cache
     push_checkpoint("checkpoints/fashion-mnist", "user/ddpm-fashion")
@@ -25,16 +28,15 @@ imported; every function here also takes `endpoint=` (None = the library's defau
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config
+from ..model import parameter_count
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +224,6 @@ class _Snapshots:
         return {f.path: f.size for f in files}
 
 
-def parameter_count(model_config) -> int:
-    """Parameters and buffers of the UNet a config describes, counted on the meta device (no memory used)."""
-    import torch
-
-    from .model import UNet
-
-    with torch.device("meta"):
-        model = UNet(model_config)
-    return sum(t.numel() for t in model.state_dict().values())
-
-
 def _check_size(where: str, name: str, size: int | None, limit: int) -> None:
     if size is not None and size > limit:
         raise CheckpointError(f"the Hub repo {where!r} has a {size:,}-byte {name}; more than the {limit:,} bytes "
@@ -262,16 +253,12 @@ def check_push_target(repo_id: str, *, token: str | None = None) -> HubId:
 
 
 def push_checkpoint(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                    endpoint: str | None = None, token: str | None = None, commit_message: str | None = None,
-                    card_extra: dict | None = None) -> str:
-    """Upload a checkpoint folder (weights, config, a fresh model card and sample grid) to a model repo.
+                    endpoint: str | None = None, token: str | None = None, commit_message: str | None = None) -> str:
+    """Upload a checkpoint folder (config, weights, model card, sample grid, examples, evaluation) to a model repo.
 
-    Creates the repo (and the branch `revision`) when needed. Only PUSH_FILES are uploaded; such files on the
-    Hub that the folder no longer has are deleted. README.md is regenerated unless someone wrote their own
-    (it lacks the card's marker line). Returns the commit URL.
+    Creates the repo (and the branch `revision`) when needed. Only PUSH_FILES are uploaded, as they are; such files
+    on the Hub that the folder no longer has are deleted. Returns the commit URL.
     """
-    from .card import ensure_sample_grid, is_generated_card, write_model_card
-
     hub_id = check_push_target(repo_id, token=token)
     folder = Path(folder)
     config = load_config(folder)  # a CheckpointError before any request
@@ -279,12 +266,9 @@ def push_checkpoint(folder: str | Path, repo_id: str, *, private: bool = False, 
         raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS_NAME} to push")
     from huggingface_hub import HfApi
 
+    if not (folder / "README.md").is_file():
+        log.warning("%s has no README.md (model card): the Hub repo gets none", folder)
     api = HfApi(endpoint=endpoint, token=token)
-    ensure_sample_grid(folder)
-    if is_generated_card(folder):
-        write_model_card(folder, extra={"repo_id": hub_id.repo_id, **(card_extra or {})})
-    else:
-        log.warning("%s/README.md was not written by ddpm-studio: it is pushed as it is", folder)
     steps = config.training.get("steps")
     message = commit_message or (f"Upload checkpoint at step {steps}" if steps else "Upload checkpoint")
     try:
@@ -299,7 +283,7 @@ def push_checkpoint(folder: str | Path, repo_id: str, *, private: bool = False, 
 
 
 # -- deploy the demo as a Space --------------------------------------------------------------------
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_CHECKPOINT = "checkpoints/fashion-mnist"  # the app's built-in default, shipped in the Space too
 SPACE_TITLE = "DDPM Studio"
 
@@ -406,44 +390,3 @@ def deploy_space(space_id: str, *, model: str, root: str | Path = PROJECT_ROOT, 
     except Exception as e:
         raise HubError(f"deploying the Space {space.repo_id} failed: {_reason(e)}") from e
     return str(info.commit_url)
-
-
-# -- CLI -------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddpm.hub", description="Hugging Face Hub: pull, push, deploy.")
-    sub = p.add_subparsers(dest="command", required=True)
-    pull = sub.add_parser("pull", help="download a checkpoint into the cache and print its folder")
-    pull.add_argument("source", help="user/repo[@revision]")
-    push = sub.add_parser("push", help="upload a checkpoint folder with a model card")
-    push.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
-    push.add_argument("repo", help="user/repo")
-    push.add_argument("--private", action="store_true", help="create the repo private")
-    push.add_argument("--revision", default=None, help="branch to push to (created from main if needed)")
-    push.add_argument("--message", default=None, help="commit message")
-    deploy = sub.add_parser("deploy-space", help="create or update a Gradio Space running the app")
-    deploy.add_argument("space", help="user/space")
-    deploy.add_argument("--model", required=True, help="the checkpoint the Space shows: user/repo[@revision]")
-    deploy.add_argument("--private", action="store_true", help="create the Space private")
-    deploy.add_argument("--root", default=str(PROJECT_ROOT), help="the project folder holding app.py")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        if args.command == "pull":
-            if not looks_like_hub_id(args.source):
-                raise ValueError(f"{args.source!r} is not a Hub id user/repo[@revision]")
-            print(resolve_checkpoint(args.source))
-        elif args.command == "push":
-            url = push_checkpoint(args.checkpoint, args.repo, private=args.private, revision=args.revision,
-                                  commit_message=args.message)
-            print(f"pushed {args.checkpoint} to {args.repo}: {url}")
-        else:
-            url = deploy_space(args.space, model=args.model, root=args.root, private=args.private)
-            print(f"deployed the Space {args.space} showing {args.model}: {url}")
-    except (ValueError, HubError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
