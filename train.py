@@ -4,7 +4,6 @@
     python train.py --out checkpoints/fashion-mnist --resume --steps 40000        # continue a run
     python train.py --out checkpoints/fashion-mnist --resume --steps 45000 --decay-steps 5000   # ...with a cool-down
     python train.py --init-from checkpoints/fashion-mnist --steps 5000 --decay-steps 2000 --out runs/more  # from weights
-    python train.py --init-from checkpoints/fashion-mnist --preset medium --steps 4000 --out runs/grown  # grown to 2 blocks
     torchrun --nproc_per_node 4 train.py ...                                        # data-parallel (see README)
     python train.py ... --push-to-hub user/ddpm-fashion [--private] [--hub-revision BRANCH]  # publish at the end
 """
@@ -18,17 +17,13 @@ import sys
 from dataclasses import fields, replace
 
 from ddpm.allocator import tune_allocator
-from ddpm.hub import HubError
+from ddpm.card import prepare_for_hub
+from ddpm.device import PRECISION_CHOICES
+from ddpm.hub import HubError, check_push_target, push_checkpoint
 from ddpm.model import PRESETS
-from ddpm.training import (
-    LR_SCHEDULES,
-    PRECISION_CHOICES,
-    TrainConfig,
-    TrainingDivergedError,
-    has_training_state,
-    saved_train_config,
-    train,
-)
+from ddpm.run_folder import has_training_state
+from ddpm.train_config import LR_SCHEDULES, TrainConfig, saved_train_config
+from ddpm.training import TrainingDivergedError, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,10 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--weights-dtype", choices=("fp32", "fp16", "bf16"), help=f"dtype of model.safetensors (default {d.weights_dtype})")
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add("--init-from", metavar="CHECKPOINT", help="start from the weights of a checkpoint folder or Hub id "
-        "user/repo[@rev] with the same network (fine-tuning or continuing a shipped model: a fresh optimizer and "
-        "warm-up, the EMA without its warm-up), or with fewer residual blocks per level, which is grown to this "
-        "run's network computing the same function (e.g. --preset medium from a small checkpoint); step counts "
-        "start at 0")
+        "user/repo[@rev] (fine-tuning or continuing a shipped model: a fresh optimizer and warm-up, the EMA without "
+        "its warm-up); it must have the same network as this run (same --preset, dataset and image size) and the "
+        "same noise schedule; step counts start at 0")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     hub = p.add_argument_group("Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
@@ -112,9 +106,8 @@ def is_main_process() -> bool:
 
 
 def push(args: argparse.Namespace, out: str, *, step: int | None = None) -> None:
-    """Upload the checkpoint in `out` to args.push_to_hub (ddpm.hub.push_checkpoint); raises HubError."""
-    from ddpm.hub import push_checkpoint
-
+    """Write the card of `out` for args.push_to_hub, then upload the folder (ddpm.hub.push_checkpoint); raises HubError."""
+    prepare_for_hub(out, args.push_to_hub)
     message = f"Checkpoint at step {step}" if step is not None else None
     url = push_checkpoint(out, args.push_to_hub, private=args.private, revision=args.hub_revision, commit_message=message)
     print(f"pushed {out} to {args.push_to_hub}: {url}", file=sys.stderr)
@@ -127,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, resume = config_from_args(args)
         if args.push_to_hub and is_main_process():
-            from ddpm.hub import check_push_target
-
             check_push_target(args.push_to_hub)  # a bad id or no token fails now, not after hours of training
         if args.push_every_checkpoint and is_main_process():
             def on_checkpoint(step: int) -> None:

@@ -43,7 +43,8 @@ from ddpm.data import ImageDataset  # noqa: E402
 from ddpm.model import UNet, count_parameters, preset_config  # noqa: E402
 from ddpm.samplers import SamplerOptions, run_to_end, sample_steps  # noqa: E402
 from ddpm.schedule import NoiseSchedule, ScheduleConfig  # noqa: E402
-from ddpm.training import EMA, BatchSampler, diffusion_loss, make_global_batch, resolve_precision  # noqa: E402
+from ddpm.device import resolve_precision  # noqa: E402
+from ddpm.train_step import EMA, BatchSampler, diffusion_loss, make_global_batch  # noqa: E402
 from tutorial_unet import MyTinyUNet  # noqa: E402
 
 NUM_CLASSES = 10

@@ -20,6 +20,8 @@ if str(ROOT) not in sys.path:  # `pytest` run from anywhere imports this checkou
     sys.path.insert(0, str(ROOT))
 
 from ddpm.data import ImageDataset  # noqa: E402
+from ddpm.train_config import TrainConfig  # noqa: E402
+from ddpm.training import train  # noqa: E402
 
 # Tiny models run fastest on one thread, and several jobs share this machine's cores: oversubscribed
 # threads make a tiny training step 5x slower. Override with DDPM_TEST_THREADS.
@@ -74,8 +76,6 @@ def synthetic_dataset() -> ImageDataset:
 
 def tiny_train_config(out: Path, **overrides):
     """A TrainConfig for a few-second CPU run of the tiny preset (fp32, no sample grids, no progress bar)."""
-    from ddpm.training import TrainConfig
-
     base = dict(dataset="synthetic", out=str(out), preset="tiny", schedule="cosine", timesteps=1000, steps=100,
                 batch_size=32, lr=2e-3, warmup_steps=20, ema_decay=0.99, precision="fp32", device="cpu",
                 log_every=25, sample_every=0, checkpoint_every=1000, seed=0, threads=TEST_THREADS)
@@ -86,8 +86,6 @@ def tiny_train_config(out: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: ImageDataset) -> Path:
     """The folder of a tiny checkpoint trained for 100 steps on `synthetic_dataset` (config.json + model.safetensors)."""
-    from ddpm.training import train
-
     out = tmp_path_factory.mktemp("tiny_checkpoint")
     train(tiny_train_config(out), dataset=synthetic_dataset, progress=False)
     return out

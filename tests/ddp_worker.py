@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ddpm.data import ImageDataset  # noqa: E402
-from ddpm.training import TrainConfig, train  # noqa: E402
+from ddpm.train_config import TrainConfig  # noqa: E402
+from ddpm.training import train  # noqa: E402
 
 
 def synthetic_dataset(n: int = 64, size: int = 8) -> ImageDataset:

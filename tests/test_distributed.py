@@ -13,7 +13,8 @@ from PIL import Image
 
 from ddpm.checkpoint import load_training_state
 from ddpm.model import UNet, preset_config
-from ddpm.training import TrainConfig, train
+from ddpm.train_config import TrainConfig
+from ddpm.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "ddp_worker.py"

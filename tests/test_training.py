@@ -22,16 +22,12 @@ from torch import nn
 
 import ddpm
 from ddpm import training
-from ddpm.checkpoint import load_training_state
-from ddpm.training import (
-    EMA,
-    BatchSampler,
-    TrainConfig,
-    TrainingDivergedError,
-    lr_at,
-    make_global_batch,
-    train,
-)
+from ddpm.checkpoint import CheckpointConfig, load_training_state, save_checkpoint
+from ddpm.model import UNet, preset_config
+from ddpm.schedule import ScheduleConfig
+from ddpm.train_config import TrainConfig
+from ddpm.train_step import EMA, BatchSampler, lr_at, make_global_batch
+from ddpm.training import TrainingDivergedError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -391,6 +387,20 @@ def test_init_from_a_different_network_or_schedule_is_refused(tmp_path, syntheti
     assert not (tmp_path / "a" / "model.safetensors").exists() and not (tmp_path / "b").exists()
 
 
+def test_init_from_a_network_with_fewer_residual_blocks_is_refused(tmp_path, synthetic_dataset,
+                                                                   tiny_train_config_factory):
+    """Only the same architecture loads: a `small` checkpoint under --preset medium (one block per level fewer) names
+    the field that differs."""
+    small_cfg = preset_config("small", in_channels=1, image_size=12, num_classes=3)
+    src = save_checkpoint(tmp_path / "small", UNet(small_cfg), CheckpointConfig(
+        model=small_cfg, schedule=ScheduleConfig(name="cosine", timesteps=1000), dataset="synthetic"))
+    with pytest.raises(ValueError, match=r"network .* differs .* num_res_blocks = 1 \(this run: 2\).*only a "
+                                         r"checkpoint of the same architecture"):
+        train(tiny_train_config_factory(tmp_path / "run", steps=1, preset="medium", init_from=str(src)),
+              dataset=synthetic_dataset, progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_train_help_states_the_real_defaults(capsys):
     """Every flag's default is None (so --resume can tell which were given): the help must show TrainConfig's."""
     sys.path.insert(0, str(ROOT))
@@ -401,7 +411,7 @@ def test_train_help_states_the_real_defaults(capsys):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "None" not in out
-    d = training.TrainConfig()
+    d = TrainConfig()
     for flag, value in (("--steps", d.steps), ("--batch-size", d.batch_size), ("--lr", d.lr),
                         ("--ema-decay", d.ema_decay), ("--preset", d.preset)):
         assert flag in out and f"(default {value})" in out, flag

@@ -15,16 +15,28 @@ residual with its last layer zero-initialised (ResBlock.conv2, Attention.proj):
 - stem, embeddings, middle and output layers are copied.
 
 The new layers' other weights keep their random initialisation, so gradients reach them from the first step.
+
+Research code, not part of the `ddpm` package (see README.md here). To train a grown network, write it as a
+checkpoint folder and start a run from it (train.py --init-from loads only the same network):
+
+    python research/grow/grow.py checkpoints/fashion-mnist runs/grown-init --blocks 2
+    python train.py --init-from runs/grown-init --preset medium --steps 4000 --seed 1 --out runs/grown
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .model import ResAttn, ResBlock, UNet
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `import ddpm`
+
+from ddpm.checkpoint import load_model, save_checkpoint  # noqa: E402
+from ddpm.model import ResAttn, ResBlock, UNet, count_parameters  # noqa: E402
 
 
 def _level_blocks(layers: nn.ModuleList, per_level: int, levels: int) -> list[list[int]]:
@@ -91,3 +103,36 @@ def grow(model: UNet, num_res_blocks: int, *, seed: int = 0) -> UNet:
         if level != levels - 1:  # the up-sampling layer after the level's blocks
             _copy(big.up[dst[-1] + 1], model.up[src[-1] + 1])
     return big
+
+
+def grow_checkpoint(src: str | Path, dst: str | Path, num_res_blocks: int, *, seed: int = 0) -> Path:
+    """Write checkpoint folder `src` grown to num_res_blocks blocks per level as checkpoint folder `dst`.
+
+    config.json keeps the source's training record (so a run started from dst counts the source's steps) and adds
+    "grown_from": the source's blocks per level and parameter count.
+    """
+    small, config = load_model(src)
+    big = grow(small, num_res_blocks, seed=seed)
+    training = {**config.training, "grown_from": {"source": str(src), "num_res_blocks": small.config.num_res_blocks,
+                                                  "parameters": count_parameters(small)}}
+    return save_checkpoint(dst, big, replace(config, model=big.config, training=training))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Grow a checkpoint's UNet to more residual blocks per level.")
+    p.add_argument("src", help="checkpoint folder to grow")
+    p.add_argument("dst", help="where to write the grown checkpoint folder")
+    p.add_argument("--blocks", type=int, default=2, help="residual blocks per level of the grown network (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new layers' random weights (default 0)")
+    args = p.parse_args(argv)
+    try:
+        out = grow_checkpoint(args.src, args.dst, args.blocks, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: train it with python train.py --init-from {out} and the matching --preset", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,29 @@
-"""ddpm.grow: a UNet grown to more residual blocks per level computes exactly what it did."""
+"""research/grow: a UNet grown to more residual blocks per level computes exactly what it did.
+
+    python -m pytest research/grow
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm.grow import grow
-from ddpm.model import ModelConfig, UNet
-from ddpm.training import train
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repo root, for `import ddpm`
+sys.path.insert(0, str(HERE))  # for `import grow`
 
-
-def _last_logged_loss(run) -> float:
-    return json.loads((run / "log.jsonl").read_text().splitlines()[-1])["loss"]
+from ddpm.checkpoint import CheckpointConfig, load_model, save_checkpoint  # noqa: E402
+from ddpm.data import ImageDataset  # noqa: E402
+from ddpm.model import ModelConfig, UNet, preset_config  # noqa: E402
+from ddpm.schedule import NoiseSchedule, ScheduleConfig  # noqa: E402
+from ddpm.train_config import TrainConfig  # noqa: E402
+from ddpm.train_step import BatchSampler, diffusion_loss, make_global_batch  # noqa: E402
+from ddpm.training import train  # noqa: E402
+from grow import grow, grow_checkpoint  # noqa: E402
 
 
 def _trained_looking(config: ModelConfig, seed: int = 0) -> UNet:
@@ -70,35 +80,6 @@ def test_growing_to_as_many_or_fewer_blocks_is_refused():
         grow(small, 1)
 
 
-def test_train_init_from_a_network_with_fewer_blocks_grows_it(tmp_path, synthetic_dataset, tiny_train_config_factory,
-                                                              capsys):
-    """--preset medium --init-from a small checkpoint: the run starts at the small model's loss, and its config
-    records the growth; a network that differs otherwise is still refused."""
-    small_run, grown = tmp_path / "small", tmp_path / "grown"
-    kw = dict(batch_size=16, warmup_steps=2, log_every=1, checkpoint_every=1000)
-    train(tiny_train_config_factory(small_run, steps=30, preset="small", **kw), dataset=synthetic_dataset,
-          progress=False)
-    losses = []
-    train(tiny_train_config_factory(grown, steps=2, preset="medium", lr=1e-12, init_from=str(small_run), seed=5, **kw),
-          dataset=synthetic_dataset, progress=False, on_step=lambda step, loss: losses.append(loss))
-    assert f"starting from the weights of {small_run}, grown from 1 to 2 residual blocks per level" in \
-        capsys.readouterr().err
-    # resumed, the run says where it picks up, and where it once started from
-    train(tiny_train_config_factory(grown, steps=3, preset="medium", lr=1e-12, init_from=str(small_run), seed=5, **kw),
-          dataset=synthetic_dataset, progress=False, resume=True)
-    err = capsys.readouterr().err
-    assert f"resuming {grown} at step 2 of 3" in err and "starting from" not in err
-    assert f"the run started from the weights of {small_run}, grown from 1 to 2" in err
-    cfg = json.loads((grown / "config.json").read_text())
-    assert cfg["model"]["num_res_blocks"] == 2
-    assert cfg["training"]["init_from"]["grown_from"]["num_res_blocks"] == 1
-    # the small run's last logged loss, on other batches: the same ballpark, far below an untrained network's 1.0
-    assert losses[0] == pytest.approx(_last_logged_loss(small_run), rel=0.6) and losses[0] < 0.6
-    with pytest.raises(ValueError, match="fewer residual blocks per level is grown"):
-        train(tiny_train_config_factory(tmp_path / "x", steps=1, preset="mini", init_from=str(small_run), **kw),
-              dataset=synthetic_dataset, progress=False)
-
-
 def test_growing_leaves_the_source_and_the_global_rng_alone():
     config, _ = CONFIGS[0]
     small = _trained_looking(config).to(torch.bfloat16)
@@ -113,3 +94,39 @@ def test_growing_leaves_the_source_and_the_global_rng_alone():
     b, c = grow(small, 2, seed=7), grow(small, 2, seed=8)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def _dataset(n: int = 32, size: int = 12) -> ImageDataset:
+    """Three classes of noise images (uint8, (n, 1, size, size)); the content does not matter here."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
+    return ImageDataset("synthetic", images, torch.arange(n) % 3, ("a", "b", "c"))
+
+
+def test_a_grown_checkpoint_starts_a_medium_run_at_the_small_models_loss(tmp_path):
+    """The way it was used: a `small` checkpoint grown to `medium` and trained with train.py --init-from."""
+    data = _dataset()
+    small_cfg = preset_config("small", in_channels=1, image_size=12, num_classes=3)
+    schedule = NoiseSchedule(ScheduleConfig(name="cosine", timesteps=1000))
+    small_dir, grown_dir = tmp_path / "small", tmp_path / "grown"
+    save_checkpoint(small_dir, _trained_looking(small_cfg),
+                    CheckpointConfig(model=small_cfg, schedule=schedule.config, dataset="synthetic",
+                                     class_names=data.class_names, training={"steps": 7, "images_seen": 70}))
+    grow_checkpoint(small_dir, grown_dir, 2)
+    grown_cfg = json.loads((grown_dir / "config.json").read_text())
+    assert ModelConfig(**grown_cfg["model"]) == preset_config("medium", in_channels=1, image_size=12, num_classes=3)
+    assert grown_cfg["training"]["grown_from"]["num_res_blocks"] == 1 and grown_cfg["training"]["steps"] == 7
+
+    cfg = TrainConfig(dataset="synthetic", out=str(tmp_path / "run"), preset="medium", steps=1, batch_size=8,
+                      lr=1e-12, warmup_steps=1, precision="fp32", device="cpu", sample_every=0, log_every=1,
+                      init_from=str(grown_dir), threads=1)
+    losses = []
+    train(cfg, dataset=data, progress=False, on_step=lambda step, loss: losses.append(loss))
+    small, _ = load_model(small_dir)
+    batch = make_global_batch(data, BatchSampler(len(data), cfg.seed), 0, cfg.batch_size, T=cfg.timesteps,
+                              seed=cfg.seed, label_dropout=cfg.label_dropout, null_label=3)
+    with torch.no_grad():
+        small_loss, _ = diffusion_loss(small, schedule, batch, precision="fp32")
+    assert losses[0] == pytest.approx(float(small_loss), rel=1e-4)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["training"]["init_from"]
+    assert record["source"] == str(grown_dir) and record["steps"] == 7  # the small run's, carried by the grown folder
