@@ -1,7 +1,7 @@
 """Per-class guidance scales, tuned on some evaluation draws and checked on others: the issue-4 experiment.
 
-    python bench/class_guidance.py --tune 3 4 --check 0 1 2 --w 1.5 2 2.5 3
-    python bench/class_guidance.py --sampler dpm++2m --tune 0 1 2 3 4 --check 5 6 7 --w 1.5 2 2.5 3 \
+    python research/guidance/class_guidance.py --tune 3 4 --check 0 1 2 --w 1.5 2 2.5 3
+    python research/guidance/class_guidance.py --sampler dpm++2m --tune 0 1 2 3 4 --check 5 6 7 --w 1.5 2 2.5 3 \
         --around 1.5 2 2 2.5 2.5 2.5 2.5 2.5 2 1.5 --move 0 2 6 --score 2 2 2 2.5 2.5 2.5 2.5 2.5 2 1.5
 
 The evaluation sorts its N images by class and gives image i the noise seed SEED * N + i, so class c's images at
@@ -29,17 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.classifier import load_classifier, predict  # noqa: E402
-from ddpm.evaluate import (  # noqa: E402
-    Setting, build_reference, default_classifier, frechet_distance_features, generate,
-)
+from ddpm.device import PRECISION_CHOICES, resolve_precision  # noqa: E402
+from ddpm.evaluate import build_reference, default_classifier, generate  # noqa: E402
+from ddpm.metrics import frechet_distance_features  # noqa: E402
+from ddpm.options import SAMPLERS, SamplerOptions  # noqa: E402
 from ddpm.pipeline import load  # noqa: E402
-from ddpm.samplers import SAMPLERS  # noqa: E402
-from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 Row = tuple[np.ndarray, np.ndarray]  # (pred (N,), features (N, D)) of one evaluation row, sorted by class
 
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     pipe = load(args.checkpoint)
     classifier, _ = load_classifier(str(ROOT / default_classifier(pipe.config.dataset)))
-    s, m, k = pipe.config.recommended_sampling(), pipe.config.model, pipe.config.model.num_classes
+    s, m, k = pipe.recommended, pipe.config.model, pipe.config.model.num_classes
     try:
         around = parse_vector(args.around, k, args.w, "--around")
         scored = [parse_vector(v, k, args.w, "--score") for v in args.score]
@@ -143,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.move is not None and (not args.around or not all(0 <= c < k for c in args.move)):
         parser.error(f"--move needs --around and class indices in 0..{k - 1}")
-    sampler = args.sampler or s["sampler"]
+    sampler = args.sampler or s.sampler
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     npc = args.n_per_class
-    setting = Setting(sampler=sampler, steps=s["steps"], guidance_interval=pipe.guidance_interval,
-                      precision=precision, spacing=s["spacing"])
+    setting = SamplerOptions(sampler=sampler, steps=s.steps, guidance_interval=s.guidance_interval,
+                             precision=precision, spacing=s.spacing)
     refs: dict[int, tuple[np.ndarray, float]] = {}
     for seed in [*args.tune, *args.check]:
         ref_file = cache / f"reference_seed{seed}_n{npc}.npz"

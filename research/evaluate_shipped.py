@@ -1,6 +1,6 @@
 """Evaluate a checkpoint the way the shipped ones are evaluated, and pick the app's default guidance.
 
-    python scripts/evaluate_shipped.py --checkpoint checkpoints/fashion-mnist --out bench/out/eval
+    python research/evaluate_shipped.py --checkpoint checkpoints/fashion-mnist --out bench/out/eval
 
 Phase 1 (--precision: bf16 where the CPU supports it, else fp32; N per class): DDIM 50 steps at CFG 0, 1, 1.5, 2,
 3, 5, and guided only in intervals of noise levels (Kynkäänniemi et al. 2024) at a few scales (`--interval W LO HI`,
@@ -9,7 +9,8 @@ real-data floor) with the lowest FD; if none does, the row with the lowest FD am
 class a person asks for, as close to real data as guidance allows), else the most accurate.
 --class-cfg W0 ... WK adds a row with one guidance scale per class (in the first interval, at each spacing, with
 `--sampler`: DDIM, or DPM-Solver++(2M) for the same ODE solved to second order), and `--default per-class` makes it
-the default whatever the single draw here says (for scales chosen over several draws with bench/class_guidance.py).
+the default whatever the single draw here says (for scales chosen over several draws with
+research/guidance/class_guidance.py).
 --reuse-phase1 takes phase 1 from OUT/phase1.json and samples only the rows it lacks.
 Phase 2: that default in fp32 (what the app runs for 1-4 images; it shows whether bf16 costs quality; --no-fp32
 skips it, and a phase 1 in fp32 has it already) and at DDIM 20 steps.
@@ -32,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.checkpoint import load_config  # noqa: E402
-from ddpm.evaluate import Setting, cfg_text, markdown_table, run  # noqa: E402
+from ddpm.device import PRECISION_CHOICES, resolve_precision  # noqa: E402
+from ddpm.evaluate import cfg_text, markdown_table, run  # noqa: E402
 from ddpm.hub import resolve_checkpoint  # noqa: E402
-from ddpm.samplers import SAMPLERS  # noqa: E402
-from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
+from ddpm.options import SAMPLERS, SamplerOptions  # noqa: E402
 
 TARGET_ACCURACY, TARGET_FD_RATIO = 0.97, 2.0
 SWEEP = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -49,12 +50,12 @@ def choose(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: r["accuracy"])
 
 
-def setting_of(row: dict, **changes) -> Setting:
+def setting_of(row: dict, **changes) -> SamplerOptions:
     gi = tuple(row["guidance_interval"]) if row["guidance_interval"] else None
     base = dict(sampler=row["sampler"], steps=row["steps"], cfg=row["cfg"], eta=row["eta"], guidance_interval=gi,
                 precision=row["precision"], spacing=row.get("spacing", 1.0),
                 class_cfg=tuple(row["class_cfg"]) if row.get("class_cfg") else None)
-    return Setting(**{**base, **changes})
+    return SamplerOptions(**{**base, **changes})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    sweep = [Setting(cfg=w, precision=precision, spacing=args.spacing[0]) for w in SWEEP]
+    sweep = [SamplerOptions(cfg=w, precision=precision, spacing=args.spacing[0]) for w in SWEEP]
     intervals = [((lo, hi), w) for w, lo, hi in args.interval] if args.interval else INTERVALS
-    sweep += [Setting(cfg=w, guidance_interval=gi, precision=precision, spacing=p) for p in args.spacing
+    sweep += [SamplerOptions(cfg=w, guidance_interval=gi, precision=precision, spacing=p) for p in args.spacing
               for gi, w in intervals]
     if args.class_cfg:
-        sweep += [Setting(sampler=args.sampler, cfg=intervals[0][1], guidance_interval=intervals[0][0],
-                          precision=precision, spacing=p, class_cfg=tuple(args.class_cfg)) for p in args.spacing]
+        sweep += [SamplerOptions(sampler=args.sampler, cfg=intervals[0][1], guidance_interval=intervals[0][0],
+                                 precision=precision, spacing=p, class_cfg=tuple(args.class_cfg)) for p in args.spacing]
     report = json.loads((out / "phase1.json").read_text()) if args.reuse_phase1 else None
     if report is not None:
         now = {"checkpoint_steps": load_config(resolve_checkpoint(args.checkpoint)).training.get("steps"),

@@ -1,4 +1,4 @@
-"""scripts/heldout_loss.py: the held-out eps-MSE against closed forms."""
+"""research/heldout_loss.py: the held-out eps-MSE against closed forms."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 
 from ddpm.schedule import NoiseSchedule, ScheduleConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("heldout_loss", ROOT / "scripts" / "heldout_loss.py")
+_spec = importlib.util.spec_from_file_location("heldout_loss", Path(__file__).with_name("heldout_loss.py"))
 heldout = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(heldout)
 
@@ -63,7 +62,7 @@ def test_the_command_compares_checkpoints_on_the_same_test_images(tiny_checkpoin
 
 def test_auto_precision_is_fp32_where_bf16_is_unsupported(monkeypatch):
     """A CPU without bf16 would emulate it, about ten times slower: auto must run fp32 there, bf16 where supported."""
-    import ddpm.training
+    import ddpm.device
 
     schedule = NoiseSchedule(ScheduleConfig(name="cosine", timesteps=100))
     grey = torch.full((20, 1, 8, 8), 128, dtype=torch.uint8)
@@ -75,10 +74,10 @@ def test_auto_precision_is_fp32_where_bf16_is_unsupported(monkeypatch):
             return torch.zeros_like(x)
 
     for supported in (False, True):  # the project's own check, as training uses it
-        monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device, s=supported: s)
+        monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device, s=supported: s)
         seen.clear()
         heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="auto")
         assert seen and all(on == supported for on in seen)
-    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device: False)
     with pytest.raises(ValueError, match="bf16 autocast is not supported"):
         heldout.heldout_loss(Spy(), schedule, grey, None, draws=1, precision="bf16")

@@ -1,4 +1,5 @@
-"""bench/class_guidance.py: mixing per-class rows and the greedy path, on synthetic rows with known answers."""
+"""research/guidance/class_guidance.py: mixing per-class rows and the greedy path, on synthetic rows with known
+answers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 spec = importlib.util.spec_from_file_location(
-    "class_guidance", Path(__file__).parents[1] / "bench" / "class_guidance.py")
+    "class_guidance", Path(__file__).with_name("class_guidance.py"))
 cg = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cg)
 
@@ -70,12 +71,12 @@ def test_parse_vector_names_what_is_wrong():
 def test_an_unsupported_bf16_is_refused_before_any_sampling(script, monkeypatch, capsys):
     """Both experiments sample with --precision auto (bf16 only where the CPU has it); asking for bf16 on a CPU
     without it stops at once with the reason, before a checkpoint is even loaded."""
-    import ddpm.training
+    import ddpm.device
 
-    s = importlib.util.spec_from_file_location(script, Path(__file__).parents[1] / "bench" / f"{script}.py")
+    s = importlib.util.spec_from_file_location(script, Path(__file__).with_name(f"{script}.py"))
     module = importlib.util.module_from_spec(s)
     s.loader.exec_module(module)
-    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device: False)
     args = ["--tune", "0", "--check", "1"] if script == "class_guidance" else ["cfg:2"]
     with pytest.raises(SystemExit):
         module.main([*args, "--precision", "bf16", "--checkpoint", "/nonexistent"])

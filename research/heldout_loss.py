@@ -1,6 +1,6 @@
 """The training loss on images the model never saw: a cheap first look at a checkpoint before a full evaluation.
 
-    python scripts/heldout_loss.py checkpoints/fashion-mnist runs/fm-medium [--n 2000 --draws 8]
+    python research/heldout_loss.py checkpoints/fashion-mnist runs/fm-medium [--n 2000 --draws 8]
 
 For N images of the dataset's test split (a fixed balanced subset) and DRAWS fixed (t, eps) pairs per image, the
 mean of ||eps - eps_theta(x_t, t, y)||^2 over pixels (Ho et al. eq. 14 with uniform t), overall and by quarter of
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.classifier import load_split  # noqa: E402
 from ddpm.data import to_model_range  # noqa: E402
-from ddpm.evaluate import balanced_subset  # noqa: E402
+from ddpm.device import PRECISION_CHOICES, resolve_precision  # noqa: E402
+from ddpm.metrics import balanced_subset  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
-from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""bench/guidance_variants.py: each experimental guidance scheme against its closed form on a random network."""
+"""research/guidance/guidance_variants.py: each experimental guidance scheme against its closed form on a random
+network."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ddpm.samplers import guided_eps_fn
 from ddpm.schedule import NoiseSchedule, ScheduleConfig
 
 T = 1000
-spec = importlib.util.spec_from_file_location("guidance_variants", Path(__file__).parents[1] / "bench" / "guidance_variants.py")
+spec = importlib.util.spec_from_file_location("guidance_variants", Path(__file__).with_name("guidance_variants.py"))
 gv = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gv)
 
@@ -62,7 +63,7 @@ def test_cfg_variant_is_the_librarys_cfg(setup):
 
 
 def test_variants_run_the_network_in_the_precision_the_sampler_asks_for(setup):
-    """The factory gets the Setting's precision from the sampler (it once ran every variant in bf16 whatever that said,
+    """The factory gets the options' precision from the sampler (it once ran every variant in bf16 whatever that said,
     which a CPU without bf16 emulates ~10x slower)."""
     s = setup
     factory = gv.make_eps_fn_factory(gv.parse_variant("cfg:2"), s["schedule"], s["guide"])

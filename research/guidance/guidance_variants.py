@@ -1,8 +1,8 @@
 """Guidance schemes beyond the library's CFG, scored by the built-in evaluation: the issue-4 experiments.
 
-    python bench/guidance_variants.py cfg:1.5 apg:2 rescale:2:0.7           # 100 samples per class each
+    python research/guidance/guidance_variants.py cfg:1.5 apg:2 rescale:2:0.7           # 100 samples per class each
     git show 932af14:checkpoints/fashion-mnist/config.json > /tmp/guide/config.json   # (and model.safetensors)
-    python bench/guidance_variants.py --guide /tmp/guide auto:2 auto:2:2:0.2:0.8
+    python research/guidance/guidance_variants.py --guide /tmp/guide auto:2 auto:2:2:0.2:0.8
 
 A variant is NAME:W[:PARAM[:LO:HI]]; guidance applies only for t/T in [LO, HI] (default 0..1), the plain conditional
 prediction eps(x, c) elsewhere. With eps_c = eps(x, c), eps_u = eps(x, null), D = eps_c - eps_u:
@@ -34,16 +34,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from ddpm import samplers  # noqa: E402
 from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.checkpoint import load_config, load_model  # noqa: E402
 from ddpm.classifier import load_classifier  # noqa: E402
-from ddpm.evaluate import Setting, build_reference, default_classifier, evaluate_setting  # noqa: E402
+from ddpm.device import PRECISION_CHOICES, resolve_precision  # noqa: E402
+from ddpm.evaluate import build_reference, default_classifier, evaluate_setting  # noqa: E402
+from ddpm.options import SamplerOptions  # noqa: E402
 from ddpm.pipeline import load  # noqa: E402
-from ddpm.training import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 VARIANTS = ("cfg", "apg", "rescale", "lowpass", "auto", "autou")
 
@@ -76,7 +77,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None):
-    """A drop-in for samplers.guided_eps_fn implementing variant v (the Setting's own cfg is ignored; its precision,
+    """A drop-in for samplers.guided_eps_fn implementing variant v (the options' own cfg is ignored; its precision,
     which the sampler passes on, is honoured)."""
     name, w, param, (lo, hi) = v["name"], v["w"], v["param"], v["interval"]
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec, v in zip(args.variants, variants):
             samplers.guided_eps_fn = make_eps_fn_factory(v, pipe.schedule, guide)
             # cfg = 2 only makes the sampler call the (replaced) guided path with both branches available
-            setting = Setting(steps=args.steps, cfg=2.0, precision=precision, spacing=args.spacing)
+            setting = SamplerOptions(steps=args.steps, cfg=2.0, precision=precision, spacing=args.spacing)
             row = evaluate_setting(pipe, classifier, ref, setting, n_per_class=args.n_per_class, seed=args.seed,
                                    batch_size=args.batch_size)
             print(f"{spec:24s} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.3f} ({row['fd_over_floor']:.2f}x floor) "
