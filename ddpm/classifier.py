@@ -9,6 +9,7 @@ features play in FID. It is saved like a model checkpoint, and loaded without un
     DIR/README.md            a short card
 
 Train one:  python -m ddpm.classifier train --dataset fashion-mnist --out checkpoints/fashion-mnist-classifier --epochs 6
+            python -m ddpm.classifier train --dataset emoji --data-dir /root/data --out checkpoints/emoji-classifier
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from torch import nn
 
 from .allocator import tune_allocator
 from .checkpoint import CheckpointError, _atomic_write, read_weights
-from .data import ImageDataset, load_dataset, to_model_range
+from .data import DATASETS, ImageDataset, default_geometry, load_dataset, to_model_range
+from .device import PRECISION_CHOICES, resolve_precision
 
 FORMAT = "ddpm-studio-classifier"
 FORMAT_VERSION = 1
@@ -165,11 +167,12 @@ def load_classifier(folder: str | Path, *, device: str | torch.device = "cpu") -
 
 
 # -- data ------------------------------------------------------------------------------------------
-def load_split(name: str, *, train: bool, image_size: int = 28, channels: int = 1) -> ImageDataset:
+def load_split(name: str, *, train: bool, image_size: int = 28, channels: int = 1,
+               data_dir: str = "data") -> ImageDataset:
     """A dataset's training or test split. mnist-5k has none: a fixed 1,000 of its images are the test split."""
     if name != "mnist-5k":
-        return load_dataset(name, image_size=image_size, channels=channels, train=train)
-    full = load_dataset(name, image_size=image_size, channels=channels, train=True)
+        return load_dataset(name, image_size=image_size, channels=channels, data_dir=data_dir, train=train)
+    full = load_dataset(name, image_size=image_size, channels=channels, data_dir=data_dir, train=True)
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
     idx = perm[MNIST_5K_TEST:] if train else perm[:MNIST_5K_TEST]
     return ImageDataset(full.name, full.images[idx], full.labels[idx], full.class_names, full.hflip)
@@ -228,8 +231,6 @@ def train_classifier(
     log: Any = None,
 ) -> tuple[Classifier, float, dict[str, Any]]:
     """Train with AdamW and a one-cycle learning rate; returns (model, test accuracy, training facts)."""
-    from .training import resolve_precision
-
     if train_set.labels is None or train_set.class_names is None:
         raise ValueError(f"dataset {train_set.name!r} has no labels; a classifier needs a labelled dataset")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000:
@@ -318,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddpm.classifier", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train a classifier and save it as a checkpoint folder")
-    tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, mnist-5k, cifar10")
+    tr.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)} (labelled)")
+    tr.add_argument("--data-dir", default="data",
+                    help="where the datasets are (torchvision downloads, emoji/; default: data)")
     tr.add_argument("--out", required=True, help="output folder")
     tr.add_argument("--epochs", type=int, default=6)
     tr.add_argument("--batch-size", type=int, default=128)
@@ -327,19 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--widths", type=int, nargs="+", default=list(ClassifierConfig.widths), help="conv channels per level")
     tr.add_argument("--feature-dim", type=int, default=ClassifierConfig.feature_dim, help="penultimate feature size")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    tr.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     tune_allocator()
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .training import default_geometry
-
     size, channels = default_geometry(args.dataset)
     try:
-        train_set = load_split(args.dataset, train=True, image_size=size, channels=channels)
-        test_set = load_split(args.dataset, train=False, image_size=size, channels=channels)
+        train_set = load_split(args.dataset, train=True, image_size=size, channels=channels, data_dir=args.data_dir)
+        test_set = load_split(args.dataset, train=False, image_size=size, channels=channels, data_dir=args.data_dir)
         if train_set.num_classes is None:
             raise ValueError(f"dataset {args.dataset!r} has no labels; a classifier needs a labelled dataset")
         config = ClassifierConfig(in_channels=channels, image_size=size, num_classes=train_set.num_classes,

