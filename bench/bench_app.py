@@ -2,6 +2,7 @@
 
     python bench/bench_app.py                                   # checkpoints/fashion-mnist
     python bench/bench_app.py --checkpoint runs/fashion-mnist --repeats 5
+    python bench/bench_app.py --repeats 1 --steps 5                # a quick check that it runs
 
 Measured in ONE process, interleaved, so the ratio holds on a noisy machine:
   * click -> first streamed frame: through the HTTP API of the running app (POST /gradio_api/call/generate,
@@ -9,8 +10,8 @@ Measured in ONE process, interleaved, so the ratio holds on a noisy machine:
     first yield with an image);
   * a 4x4 grid at 50 steps with the checkpoint's recommended sampler, spacing, guidance interval and the class's
     CFG scale (what a click on Generate runs): the app's handler
-    from start to its last yield (PNG, GIF and MP4 written), the same request through the HTTP API, and the bare sampler loop (Pipeline.stream run to the end)
-    with the same precision;
+    (ddpm.handlers.generate on the torch thread) from start to its last update (PNG, GIF and MP4 written), the same
+    request through the HTTP API, and the bare sampler loop (Pipeline.stream run to the end) with the same precision;
   * the app's overhead over the bare loop (streaming, frame recording, encoding) as a ratio.
 
 Figures are medians over --repeats runs after a warm-up. Without the checkpoint a randomly initialised model of
@@ -37,23 +38,25 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import app  # noqa: E402
-import ddpm  # noqa: E402
+from ddpm import handlers  # noqa: E402
 from ddpm.allocator import tune_allocator  # noqa: E402
+from ddpm.checkpoint import CheckpointConfig, save_checkpoint  # noqa: E402
+from ddpm.data import FASHION_MNIST_CLASSES  # noqa: E402
+from ddpm.device import bf16_supported  # noqa: E402
+from ddpm.model import UNet, preset_config  # noqa: E402
+from ddpm.registry import ModelRegistry  # noqa: E402
+from ddpm.schedule import ScheduleConfig  # noqa: E402
 from ddpm.samplers import run_to_end  # noqa: E402
-from ddpm.studio import bf16_available, parse_run  # noqa: E402
+from ddpm.studio import parse_request  # noqa: E402
 from ddpm.torch_thread import torch_thread  # noqa: E402
 
-FIELDS = ("cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing",
-          "redraws")  # the handler's order
+FIELDS = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing",
+          "redraws")  # the handler's (and the /generate endpoint's) order after the model
+RUNS_DIR = Path(tempfile.gettempdir()) / "ddpm-bench-app-runs"
 
 
 def stand_in_checkpoint() -> str:
     """A randomly initialised 'small' model in a temporary folder (for timing only)."""
-    from ddpm.checkpoint import CheckpointConfig, save_checkpoint
-    from ddpm.data import FASHION_MNIST_CLASSES
-    from ddpm.model import UNet, preset_config
-    from ddpm.schedule import ScheduleConfig
-
     folder = Path(tempfile.mkdtemp(prefix="bench_app_"))
     model_cfg = preset_config("small")
     config = CheckpointConfig(model=model_cfg, schedule=ScheduleConfig(name="cosine"), dataset="fashion-mnist",
@@ -62,23 +65,21 @@ def stand_in_checkpoint() -> str:
     return str(folder)
 
 
-def handler(demo, api_name: str):
-    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
-
-
-def inprocess_run(demo, model: str, label: str, request: dict) -> tuple[float, float]:
-    """(seconds to the first yield carrying an image, seconds to the last yield) of the generate handler."""
+def inprocess_run(registry: ModelRegistry, model: str, request: dict) -> tuple[float, float]:
+    """(seconds to the first update carrying an image, seconds to the last) of ddpm.handlers.generate, run on the
+    torch thread as the app runs it (without the app's mapping onto components, which costs next to nothing)."""
+    tt = torch_thread()
     t0 = time.perf_counter()
     first = None
-    for out in handler(demo, "generate")(model, label, *(request[k] for k in FIELDS)):
-        if first is None and any(getattr(k, "elem_id", None) == "live-xt" for k in out):
+    for u in tt.iterate(tt.call(handlers.generate, registry, model, *(request[k] for k in FIELDS), runs_dir=RUNS_DIR)):
+        if first is None and isinstance(u, handlers.Live) and u.x_t is not None:
             first = time.perf_counter() - t0
     return first, time.perf_counter() - t0
 
 
-def http_run(url: str, model: str, label: str, request: dict) -> tuple[float, float]:
+def http_run(url: str, model: str, request: dict) -> tuple[float, float]:
     """(seconds to the first server-sent event with an image, seconds to the end) through the HTTP API."""
-    data = [model, label, *(request[k] for k in FIELDS)]
+    data = [model, *(request[k] for k in FIELDS)]
     t0 = time.perf_counter()
     req = urllib.request.Request(f"{url}gradio_api/call/generate", data=json.dumps({"data": data}).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -100,9 +101,9 @@ def http_run(url: str, model: str, label: str, request: dict) -> tuple[float, fl
     return first, time.perf_counter() - t0
 
 
-def bare_run(pipe, run) -> float:
+def bare_run(pipe, request) -> float:
     t0 = time.perf_counter()
-    torch_thread().call(run_to_end, pipe.stream(run.labels(), **run.stream_kwargs()))  # where the app samples
+    torch_thread().call(run_to_end, request.stream(pipe))  # where the app samples
     return time.perf_counter() - t0
 
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/fashion-mnist")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=50, help="denoising steps of the request (fewer: a quick check)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--redraws", type=int, default=None,
                    help="redraw rounds of the request (default: the checkpoint's recommendation)")
@@ -124,16 +126,17 @@ def main(argv: list[str] | None = None) -> None:
         model = stand_in_checkpoint()
         note = f" (stand-in: {args.checkpoint} not found; random 'small' weights)"
     demo = app.build_demo(model, checkpoints_dir=str(Path(model).parent))
-    pipe = torch_thread().call(ddpm.load, model)  # on the app's torch thread, like its own models
-    class_index = min(7, len(pipe.label_names) - 1)
-    label = app.label_choices(pipe)[class_index] if pipe.conditional else None
-    # what a click on Generate uses: the checkpoint's recommended sampler, spacing, interval and this class's scale
-    defaults = app._defaults(pipe)
-    cfg = defaults["class_cfg"][class_index] if defaults["class_cfg"] else defaults["cfg"]
-    request = dict(cfg=cfg, steps=50, seed=0, n_images=16, sampler=defaults["sampler"], eta=defaults["eta"],
-                   precision="auto", limit_guidance=defaults["interval"] is not None, spacing=defaults["spacing"],
-                   redraws=defaults["redraws"] if args.redraws is None else args.redraws)
-    run = torch_thread().call(parse_run, pipe, label=label, **request)  # its bf16 probe runs a convolution
+    registry = ModelRegistry([model])  # the in-process runs' own, loaded on the torch thread like the app's
+    view = torch_thread().call(handlers.select_model, registry, model, fallback=model)
+    pipe = registry.get(model)
+    # what a click on Generate uses: the controls' start (the checkpoint's recommendation) at this class's scale
+    class_index = min(7, len(view.labels) - 1) if view.conditional else None
+    o = view.options
+    request = dict(label=view.labels[class_index] if view.conditional else None, cfg=o.cfg_for(class_index),
+                   steps=args.steps, seed=0, n_images=16, sampler=o.sampler, eta=o.eta, precision=o.precision,
+                   limit_guidance=view.interval is not None, spacing=o.spacing,
+                   redraws=o.redraws if args.redraws is None else args.redraws)
+    checked = torch_thread().call(parse_request, pipe, **request)  # its bf16 probe runs a convolution
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -143,18 +146,19 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(t.numel() for t in pipe.model.parameters())
     print(f"model {model}{note}: {params / 1e6:.2f}M parameters, T = {pipe.T}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast "
-          f"{'available' if bf16_available() else 'not available'}, load average {os.getloadavg()[0]:.2f}")
-    print(f"request (the app's defaults, 16 images): {run.describe()}")
+          f"{'available' if bf16_supported(torch.device('cpu')) else 'not available'}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"request (the app's defaults, 16 images): {checked.describe()}")
 
-    inprocess_run(demo, model, label, request)  # warm-up (first-call costs: allocator, PNG/MP4 encoders)
-    http_run(url, model, label, request)
+    inprocess_run(registry, model, request)  # warm-up (first-call costs: allocator, PNG/MP4 encoders)
+    http_run(url, model, request)
     results: dict[str, list[float]] = {k: [] for k in ("bare", "app", "app_first", "http", "http_first")}
     for _ in range(args.repeats):
-        results["bare"].append(bare_run(pipe, run))
-        first, total = inprocess_run(demo, model, label, request)
+        results["bare"].append(bare_run(pipe, checked))
+        first, total = inprocess_run(registry, model, request)
         results["app_first"].append(first)
         results["app"].append(total)
-        first, total = http_run(url, model, label, request)
+        first, total = http_run(url, model, request)
         results["http_first"].append(first)
         results["http"].append(total)
     demo.close()
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"click -> first streamed frame   HTTP API {med['http_first'] * 1000:6.0f} ms   "
           f"in-process {med['app_first'] * 1000:6.0f} ms")
-    print(f"4x4 grid, 50 steps             bare sampler loop {med['bare']:5.2f} s   app handler {med['app']:5.2f} s   "
+    print(f"{f'4x4 grid, {args.steps} steps':<31}bare sampler loop {med['bare']:5.2f} s   app handler {med['app']:5.2f} s   "
           f"HTTP API {med['http']:5.2f} s")
     print(f"app overhead over the bare loop  {(med['app'] / med['bare'] - 1) * 100:+.1f}% in-process, "
           f"{(med['http'] / med['bare'] - 1) * 100:+.1f}% through HTTP "

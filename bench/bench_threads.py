@@ -30,6 +30,7 @@ MODES = ("one-thread", "split")
 
 
 def child(checkpoint: str, mode: str, repeats: int) -> dict:
+    # imports here: the parent process never loads torch (no OpenMP team of its own), the child tunes malloc first
     sys.path.insert(0, str(ROOT))
     from ddpm.allocator import tune_allocator
 
@@ -42,34 +43,32 @@ def child(checkpoint: str, mode: str, repeats: int) -> dict:
     tt = TorchThread()
     # split: the model loaded and the request checked (its bf16 probe runs a convolution) on the main thread
     setup = tt.call if mode == "one-thread" else (lambda fn, *a: fn(*a))
-    pipe, run = setup(_setup, checkpoint)
+    pipe, request = setup(_setup, checkpoint)
 
     def once() -> float:
         t0 = time.perf_counter()
-        tt.call(run_to_end, pipe.stream(run.labels(), **run.stream_kwargs()))
+        tt.call(run_to_end, request.stream(pipe))
         return time.perf_counter() - t0
 
     once()
     times = [once() for _ in range(repeats)]
-    return {"mode": mode, "times": times, "threads": torch.get_num_threads(), "request": run.describe(),
+    return {"mode": mode, "times": times, "threads": torch.get_num_threads(), "request": request.describe(),
             "tasks": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None}
 
 
 def _setup(checkpoint: str):
-    """The pipeline and the app's default request for it (class 7, 16 images)."""
+    """The pipeline and the app's default request for it (class 7 at its scale, 16 images, the controls' start)."""
     import ddpm
-    from ddpm.studio import parse_run
+    from ddpm.studio import label_choices, parse_request, start_options
 
     pipe = ddpm.load(checkpoint)
-    s = pipe.config.sampling
+    o = start_options(pipe)
     label = min(7, len(pipe.label_names) - 1) if pipe.conditional else None
-    class_cfg = s.get("class_cfg")
-    cfg = class_cfg[label] if class_cfg and label is not None else s.get("cfg", 2.0)
-    interval = s.get("guidance_interval")
-    run = parse_run(pipe, label=label, cfg=cfg, steps=s.get("steps", 50), seed=0, n_images=16,
-                    sampler=s.get("sampler", "ddim"), eta=s.get("eta", 0.0), precision="auto",
-                    limit_guidance=interval is not None, spacing=s.get("spacing", 1.0))
-    return pipe, run
+    request = parse_request(pipe, label=label_choices(pipe)[label] if pipe.conditional else None,
+                            cfg=o.cfg_for(label), steps=o.steps, seed=0, n_images=16, sampler=o.sampler, eta=o.eta,
+                            precision=o.precision, limit_guidance=o.guidance_interval is not None,
+                            spacing=o.spacing, redraws=o.redraws)
+    return pipe, request
 
 
 def main(argv: list[str] | None = None) -> None:

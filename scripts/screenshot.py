@@ -11,11 +11,16 @@ import argparse
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import app  # noqa: E402
+import ddpm  # noqa: E402
+from ddpm.studio import parse_label, start_options  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -31,13 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/app.png")
     args = p.parse_args(argv)
 
-    import tempfile
-
     from playwright.sync_api import expect, sync_playwright
-
-    import app
-    import ddpm
-    from ddpm.studio import parse_label
 
     demo = app.build_demo(args.checkpoint)
     with socket.socket() as s:
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             page.get_by_label("Class").press("Enter")
             # the CFG slider moves to the class's recommended scale: wait for it, or Generate may send the old one
             pipe = ddpm.load(args.checkpoint)
-            w = pipe.config.recommended_cfg(parse_label(pipe, args.label) if pipe.conditional else None)
+            w = start_options(pipe).cfg_for(parse_label(pipe, args.label) if pipe.conditional else None)
             expect(page.get_by_label("number input for CFG scale (guidance)")).to_have_value(f"{w:g}")
             page.get_by_label("Seed").fill(args.seed)
             page.get_by_label(args.images, exact=True).check()

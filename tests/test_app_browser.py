@@ -22,8 +22,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-quic"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
-                                reason="needs Debian's chromium at /usr/bin/chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+                                 reason="needs Debian's chromium at /usr/bin/chromium")]
 
 # Collects, in the page, every src the live x_t image gets and whether the final image was there yet.
 WATCH_LIVE_FRAMES = """() => {

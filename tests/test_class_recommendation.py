@@ -11,11 +11,15 @@ import pytest
 
 import app
 import ddpm
+from ddpm import handlers
 from ddpm.card import model_card
 from ddpm.checkpoint import CheckpointError, load_config
 from ddpm.export import main as export_main
 from ddpm.images import to_uint8
+from ddpm.registry import ModelRegistry
 from ddpm.sample import main as sample_main
+from ddpm.studio import CLASS_SCALE_JS, class_scales, label_choices, parse_label
+from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
 
 PER_CLASS = [0.5, 3.0, 1.5]  # Horizontal, Vertical, Square (the tiny model's classes)
 
@@ -28,11 +32,11 @@ def per_class(tiny_checkpoint: Path, tmp_path: Path, with_sampling) -> Path:
 
 
 def test_the_recommended_scale_of_each_class(per_class: Path, tiny_checkpoint: Path):
-    config = load_config(per_class)
-    assert [config.recommended_cfg(c) for c in range(3)] == PER_CLASS
-    assert config.recommended_cfg(None) == 2.0  # no class: the single scale
-    plain = load_config(tiny_checkpoint)
-    assert plain.recommended_sampling()["class_cfg"] is None and plain.recommended_cfg(1) == plain.recommended_cfg()
+    rec = ddpm.load(per_class).recommended
+    assert [rec.cfg_for(c) for c in range(3)] == PER_CLASS
+    assert rec.cfg_for(None) == 2.0  # no class: the single scale
+    plain = load_config(tiny_checkpoint).sampling
+    assert plain.class_cfg is None and plain.cfg_for(1) == plain.cfg_for(None) == plain.cfg
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 2.0], [1.0, "2", 3.0],
@@ -40,20 +44,19 @@ def test_the_recommended_scale_of_each_class(per_class: Path, tiny_checkpoint: P
 def test_a_bad_per_class_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path,
                                                                        with_sampling, bad):
     folder = with_sampling(tiny_checkpoint, tmp_path / "bad", {"class_cfg": bad})
-    with pytest.raises(CheckpointError, match=r"sampling.class_cfg must list one guidance scale >= 0 per class \(3\)"):
+    with pytest.raises(CheckpointError, match=r'"sampling" is invalid: class_cfg (needs one guidance scale per class: '
+                                              r"3 classes|must be a sequence of finite guidance scales >= 0)"):
         load_config(folder)
 
 
 def test_export_writes_the_per_class_recommendation_and_the_card_states_it(tiny_checkpoint: Path, tmp_path: Path,
                                                                            capsys):
     dst = tmp_path / "exported"
-    assert export_main([str(tiny_checkpoint), str(dst), "--cfg", "2", "--class-cfg", *map(str, PER_CLASS)]) == 0
+    assert export_main([str(tiny_checkpoint), str(dst), "--class-cfg", *map(str, PER_CLASS)]) == 0
     sampling = json.loads((dst / "config.json").read_text())["sampling"]
-    assert sampling["class_cfg"] == PER_CLASS and sampling["cfg"] == 2.0
+    assert sampling["class_cfg"] == PER_CLASS and sampling["cfg"] == load_config(tiny_checkpoint).sampling.cfg
     card = model_card(dst)
-    assert "guidance w per class: Horizontal 0.5, Vertical 3, Square 1.5" in card
-    assert 'labels=["Horizontal"] * 4' in card and "cfg=0.5" in card  # the usage line guides its class at its scale
-    assert "class_cfg=[0.5, 3.0, 1.5]" in card
+    assert "CFG per class (Horizontal 0.5, Vertical 3, Square 1.5)" in card  # SamplerOptions.describe
 
     assert export_main([str(tiny_checkpoint), str(tmp_path / "two"), "--class-cfg", "1", "2"]) == 2
     assert "class_cfg needs one guidance scale per class: 3 classes, got 2 scales" in capsys.readouterr().err
@@ -95,40 +98,33 @@ def test_the_app_moves_the_cfg_slider_to_the_chosen_class(per_class: Path, tiny_
     # the browser moves the slider (CLASS_SCALE_JS) from the scales the page holds
     scales = next(b for b in demo.blocks.values() if isinstance(b, gr.JSON) and not b.visible)
     assert scales.value == {"names": ["horizontal", "vertical", "square"], "scales": PER_CLASS}
+    assert not slider(app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "none"))).info
 
-    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "checkpoints"))
-    assert not slider(demo).info
-    select = next(f for f in demo.fns.values() if f.api_name == "select_model")
-    fns = {"select_model": select.fn}
-    raw = fns["select_model"](str(per_class))
-    assert set(raw) == set(select.outputs)  # gradio refuses a returned component that is not an output
-    out = {getattr(k, "label", None): v for k, v in raw.items()}
-    assert out["CFG scale (guidance)"]["value"] == PER_CLASS[0] and "scale per class" in out["CFG scale (guidance)"]["info"]
-    assert [v["scales"] for k, v in raw.items() if isinstance(k, gr.JSON)] == [PER_CLASS]
-    raw = fns["select_model"](str(tiny_checkpoint))
-    assert {getattr(k, "label", None): v for k, v in raw.items()}["CFG scale (guidance)"]["info"] == ""  # cleared
-    assert [v for k, v in raw.items() if isinstance(k, gr.JSON)] == [None]  # one scale: the person's w stays
+    # switching models: the page takes the new model's scales, or none (one scale: the person's w stays)
+    registry = ModelRegistry([str(tiny_checkpoint), str(per_class)])
+    view = handlers.select_model(registry, str(per_class), fallback=str(tiny_checkpoint))
+    assert view.cfg == PER_CLASS[0] and "scale per class" in view.cfg_info and view.class_scales["scales"] == PER_CLASS
+    view = handlers.select_model(registry, str(tiny_checkpoint), fallback=str(tiny_checkpoint))
+    assert view.cfg_info == "" and view.class_scales is None  # "" clears the previous model's note
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_the_browser_reads_a_label_as_the_server_does(per_class: Path):
     """CLASS_SCALE_JS, run in Chromium, picks the scale of the class studio.parse_label reads from each label."""
     from playwright.sync_api import sync_playwright
 
-    from ddpm.studio import label_choices, parse_label
-    from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
-
     pipe = ddpm.load(per_class)
-    rec = app._class_scales(pipe)
+    rec = class_scales(pipe, pipe.recommended)
     labels = [*label_choices(pipe), "Square", "vertical", " 2 ", "1", "0 · anything", "no such class", "7", "-1", "",
               None]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page()
-            got = page.evaluate(f"([labels, rec]) => labels.map(l => ({app.CLASS_SCALE_JS})(l, rec, -1))",
-                                [labels, rec])
-            unconditional = page.evaluate(f"() => ({app.CLASS_SCALE_JS})('1', null, 2.5)")
+            got = page.evaluate(f"([labels, rec]) => labels.map(l => ({CLASS_SCALE_JS})(l, rec, -1))", [labels, rec])
+            unconditional = page.evaluate(f"() => ({CLASS_SCALE_JS})('1', null, 2.5)")
         finally:
             browser.close()
 

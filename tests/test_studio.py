@@ -1,41 +1,36 @@
-"""ddpm.studio: request checks, precision choice, guidance sweep, forward-process helpers, examples, model registry."""
+"""ddpm.studio: labels, the controls' start, request checks, the guidance sweep and the forward-process helpers."""
 
 from __future__ import annotations
 
-import json
-import shutil
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import ddpm
+from ddpm.device import AUTO_BF16_MIN_BATCH, bf16_supported
 from ddpm.images import to_uint8
-from ddpm.samplers import timesteps_for
+from ddpm.samplers import run_to_end, timesteps_for
 from ddpm.studio import (
-    AUTO_BF16_MIN_BATCH,
+    CFG_MAX,
     GUIDANCE_SCALES,
     SEED_MAX,
-    ModelRegistry,
-    bf16_available,
-    choose_precision,
-    example_name,
+    Request,
+    class_scales,
     forward_noise,
-    generated_examples,
     guidance_sweep,
     image_to_model,
     label_choices,
-    load_examples,
-    local_checkpoints,
     log_snr_timesteps,
-    network_batch,
     parse_label,
-    parse_run,
+    parse_request,
     q_sample_at,
+    start_options,
 )
 
 GOOD = dict(label="1 · Vertical", cfg=3.0, steps=10, seed=0, n_images=4, sampler="ddim", eta=0.0, precision="fp32")
+BF16 = bf16_supported(torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +50,66 @@ def test_label_choices_and_parsing(pipe):
             parse_label(pipe, bad)
 
 
-def test_parse_run_accepts_good_values(pipe):
-    run = parse_run(pipe, **GOOD)
-    assert (run.label, run.cfg, run.steps, run.seed, run.n_images, run.sampler) == (1, 3.0, 10, 0, 4, "ddim")
-    assert run.labels() == [1, 1, 1, 1]
-    assert "seed 0" in run.describe() and "fp32 (chosen)" in run.describe()
+def test_the_controls_start_at_the_recommendation_with_guidance_scales_within_the_slider(pipe):
+    rec = ddpm.SamplerOptions(sampler="dpm++2m", steps=25, cfg=12.0, spacing=1.5, guidance_interval=(0.2, 0.8),
+                              class_cfg=(0.5, 11.0, 2.0), precision="fp32", redraws=2)
+    start = start_options(_recommending(pipe, rec))
+    assert start == rec.replace(cfg=CFG_MAX, class_cfg=(0.5, CFG_MAX, 2.0), precision="auto")
+    assert class_scales(pipe, start) == {"names": ["horizontal", "vertical", "square"], "scales": [0.5, CFG_MAX, 2.0]}
+    assert class_scales(pipe, start.replace(cfg=2.0)) is None  # one scale for every class
+
+
+def _recommending(pipe, options: ddpm.SamplerOptions):
+    """pipe with another recommendation (config.json "sampling")."""
+    return dataclasses.replace(pipe, config=dataclasses.replace(pipe.config, sampling=options))
+
+
+def test_parse_request_accepts_good_values(pipe):
+    r = parse_request(pipe, **GOOD)
+    assert (r.label, r.seed, r.n_images, r.labels()) == (1, 0, 4, [1, 1, 1, 1])
+    assert r.options == pipe.recommended.replace(sampler="ddim", steps=10, cfg=3.0, eta=0.0, precision="fp32",
+                                                 guidance_interval=None, spacing=1.0, redraws=0)
+    assert r.describe() == "seed 0 · label 1 · 4 images · DDIM, 10 steps · CFG 3 · fp32 (chosen)"
     # numbers as a browser sends them (floats with integer values) are fine
-    run = parse_run(pipe, **{**GOOD, "steps": 10.0, "seed": float(SEED_MAX), "n_images": 16.0, "sampler": "DDPM"})
-    assert (run.steps, run.seed, run.n_images, run.sampler) == (10, SEED_MAX, 16, "ddpm")
-    assert run.spacing == 1.0 and "spacing" not in run.describe()
-    run = parse_run(pipe, **{**GOOD, "spacing": 2})
-    assert run.spacing == 2.0 and "10 steps (spacing 2)" in run.describe()
-    assert run.stream_kwargs()["spacing"] == 2.0 and run.timesteps(pipe.T) == timesteps_for(pipe.T, 10, 2.0)
-    assert run.redraws == 0 and run.stream_kwargs()["redraws"] == 0 and "redraw" not in run.describe()
-    run = parse_run(pipe, **{**GOOD, "redraws": 2.0})
-    assert run.redraws == 2 and run.stream_kwargs()["redraws"] == 2 and "up to 2 redraw rounds" in run.describe()
+    r = parse_request(pipe, **{**GOOD, "steps": 10.0, "seed": float(SEED_MAX), "n_images": 16.0, "sampler": "DDPM"})
+    assert (r.options.steps, r.seed, r.n_images, r.options.sampler) == (10, SEED_MAX, 16, "ddpm")
+    r = parse_request(pipe, **{**GOOD, "spacing": 2, "redraws": 2.0, "eta": 0.5})
+    assert r.options.spacing == 2.0 and r.timesteps(pipe.T) == timesteps_for(pipe.T, 10, 2.0)
+    assert r.options.redraws == 2 and "DDIM (eta 0.5), 10 steps (spacing 2)" in r.describe()
+    assert "up to 2 redraw rounds" in r.describe()
+
+
+def test_a_request_is_the_recommendation_with_the_controls_values(pipe):
+    """Settings the page has no control for (variance, clipping, redraw threshold) come from the checkpoint; a CFG
+    scale replaces the per-class scales; the checkbox turns the recommended interval on or off."""
+    rec = ddpm.SamplerOptions(clip_x0=False, redraw_threshold=0.25, class_cfg=(1.0, 2.0, 3.0),
+                              guidance_interval=(0.2, 0.7))
+    p = _recommending(pipe, rec)
+    r = parse_request(p, **GOOD, limit_guidance=True)
+    assert r.options == rec.replace(sampler="ddim", steps=10, cfg=3.0, precision="fp32", class_cfg=None)
+    assert "CFG 3 for t/T in 0.2..0.7" in r.describe() and "x0 not clipped" in r.describe()
+    assert parse_request(p, **GOOD, limit_guidance=False).options.guidance_interval is None
+    assert parse_request(pipe, **GOOD, limit_guidance=True).options.guidance_interval is None  # none recommended
+
+
+def test_a_request_samples_what_the_library_samples_for_its_options(pipe):
+    r = parse_request(pipe, **{**GOOD, "spacing": 1.5, "sampler": "dpm++2m"})
+    expected = pipe.sample([1] * 4, seed=0, options=ddpm.SamplerOptions(sampler="dpm++2m", steps=10, cfg=3.0,
+                                                                       spacing=1.5, precision="fp32"))
+    assert torch.equal(run_to_end(r.stream(pipe)), expected)
+
+
+def test_auto_precision_goes_by_the_network_batch(pipe):
+    def precision(**kw) -> tuple[str, str]:
+        r = parse_request(pipe, **{**GOOD, "precision": "auto", **kw})
+        return r.options.precision, r.precision_reason
+
+    assert precision(n_images=4) == ("fp32", f"auto: network batch 8 < {AUTO_BF16_MIN_BATCH}")
+    assert precision(n_images=9, cfg=1.0) == ("fp32", f"auto: network batch 9 < {AUTO_BF16_MIN_BATCH}")
+    guided = precision(n_images=9)  # cond and uncond halves: 18 rows
+    assert guided == (("bf16", f"auto: network batch 18 >= {AUTO_BF16_MIN_BATCH}") if BF16
+                      else ("fp32", "auto: bf16 not supported here"))
+    assert precision(n_images=16, cfg=0.0)[0] == ("bf16" if BF16 else "fp32")
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -95,32 +135,21 @@ def test_parse_run_accepts_good_values(pipe):
     ("spacing", 0.5, r"spacing must be a number in 1\.\.4 \(1 = even steps, 2 = quadratic\), got 0\.5"),
     ("spacing", "quad", r"spacing must be a number in 1\.\.4, got 'quad'"),
     ("precision", "fp16", r"unknown precision 'fp16'; choose one of auto, fp32, bf16"),
+    ("precision", None, r"unknown precision None; choose one of auto, fp32, bf16"),
     ("label", "Dog", r"unknown class 'Dog'"),
     ("redraws", -1, r"redraws must be an integer in 0\.\.5, got -1"),
     ("redraws", 1.5, r"redraws must be an integer in 0\.\.5, got 1\.5"),
     ("redraws", "two", r"redraws must be an integer in 0\.\.5, got 'two'"),
+    ("limit_guidance", "yes", r"limit_guidance must be true or false, got 'yes'"),
 ])
-def test_parse_run_rejects_bad_values(pipe, field, value, match):
+def test_parse_request_rejects_bad_values(pipe, field, value, match):
     with pytest.raises(ValueError, match=match):
-        parse_run(pipe, **{**GOOD, field: value})
-
-
-def test_precision_rule():
-    assert network_batch(16, 3.0, True) == 32
-    assert network_batch(16, 1.0, True) == 16 and network_batch(16, 0.0, True) == 16
-    assert network_batch(4, 3.0, False) == 4
-    assert choose_precision("fp32", 64) == ("fp32", "chosen")
-    assert choose_precision("auto", AUTO_BF16_MIN_BATCH - 1)[0] == "fp32"
-    prec, why = choose_precision("auto", AUTO_BF16_MIN_BATCH)
-    assert prec == ("bf16" if bf16_available() else "fp32")
-    assert str(AUTO_BF16_MIN_BATCH) in why or "not supported" in why
-    with pytest.raises(ValueError, match="unknown precision 'half'"):
-        choose_precision("half", 4)
+        parse_request(pipe, **{**GOOD, field: value})
 
 
 def test_guidance_sweep_rows_match_single_image_runs(pipe):
-    run = parse_run(pipe, **{**GOOD, "n_images": 1, "steps": 8, "seed": 5})
-    rows = guidance_sweep(pipe, run, GUIDANCE_SCALES)
+    r = parse_request(pipe, **{**GOOD, "n_images": 1, "steps": 8, "seed": 5})
+    rows = guidance_sweep(pipe, r, GUIDANCE_SCALES)
     assert rows.shape == (len(GUIDANCE_SCALES), 1, 12, 12)
     for j in (0, 3, 5):
         single = pipe.sample(labels=[1], seed=5, steps=8, cfg=GUIDANCE_SCALES[j], sampler="ddim")
@@ -131,18 +160,29 @@ def test_guidance_sweep_rows_match_single_image_runs(pipe):
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++2m"])
 def test_guidance_sweep_follows_the_sampler_and_spacing(pipe, sampler):
-    run = parse_run(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 5, "spacing": 2.0, "sampler": sampler})
-    rows = guidance_sweep(pipe, run, (1.0, 3.0))
+    r = parse_request(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 5, "spacing": 2.0, "sampler": sampler})
+    rows = guidance_sweep(pipe, r, (1.0, 3.0))
     single = pipe.sample(labels=[1], seed=5, steps=6, cfg=3.0, sampler=sampler, spacing=2.0)
     assert np.abs(to_uint8(rows[1:]).astype(int) - to_uint8(single).astype(int)).max() <= 2
 
 
 def test_guidance_sweep_with_ddpm_sampler_uses_the_seed(pipe):
-    run = parse_run(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 9, "sampler": "ddpm"})
-    rows = guidance_sweep(pipe, run, (2.0, 2.0))
+    r = parse_request(pipe, **{**GOOD, "n_images": 1, "steps": 6, "seed": 9, "sampler": "ddpm"})
+    rows = guidance_sweep(pipe, r, (2.0, 2.0))
     assert torch.allclose(rows[0], rows[1])  # same scale, same seed -> same image
     single = pipe.sample(labels=[1], seed=9, steps=6, cfg=2.0, sampler="ddpm")
     assert np.abs(to_uint8(rows[:1]).astype(int) - to_uint8(single).astype(int)).max() <= 2
+
+
+def test_guidance_sweep_inside_the_recommended_interval(pipe):
+    p = _recommending(pipe, ddpm.SamplerOptions(guidance_interval=(0.2, 0.7)))
+    limited = guidance_sweep(p, parse_request(p, **{**GOOD, "n_images": 1}, limit_guidance=True), (0.0, 4.0))
+    for j, w in enumerate((0.0, 4.0)):
+        single = p.sample([1], seed=0, steps=10, cfg=w, sampler="ddim", guidance_interval=(0.2, 0.7))
+        assert np.abs(to_uint8(limited[j:j + 1]).astype(int) - to_uint8(single).astype(int)).max() <= 2
+    assert not torch.equal(limited[1], guidance_sweep(p, parse_request(p, **{**GOOD, "n_images": 1}), (0.0, 4.0))[1])
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        guidance_sweep(pipe, Request(ddpm.SamplerOptions(), None, 0, 1), (1.0,))
 
 
 def test_image_to_model_crops_resizes_and_converts():
@@ -165,59 +205,10 @@ def test_forward_helpers(pipe):
     assert torch.equal(eps, forward_noise(x0))  # fixed noise: sliding t only changes the level
     x_end = q_sample_at(pipe.schedule, x0 + 1, pipe.T - 1, eps)
     ab = float(pipe.schedule.alpha_bar[-1])
-    assert torch.allclose(x_end, ab**0.5 * (x0 + 1) + (1 - ab) ** 0.5 * eps, atol=1e-6)
+    assert torch.allclose(x_end, ab**0.5 * (x0 + 1) + (1 - ab) ** 0.5 * eps, atol=1e-6)  # eq. 4 of Ho et al.
     assert torch.allclose(q_sample_at(pipe.schedule, x0 + 1, 0, eps), x0 + 1, atol=0.05)  # t = 0: nearly clean
     for bad in (-1, pipe.T, 1.5, True):
         with pytest.raises(ValueError, match=rf"t must be an integer in 0\.\.{pipe.T - 1}"):
             q_sample_at(pipe.schedule, x0, bad, eps)
     ts = log_snr_timesteps(pipe.schedule, 8)
     assert len(ts) == 8 and ts == sorted(set(ts)) and ts[0] == 0 and ts[-1] == pipe.T - 1
-
-
-def test_examples_shipped_and_generated(tiny_checkpoint, tmp_path, pipe):
-    assert example_name("7_Sneaker") == "7 · Sneaker" and example_name("9_Ankle_boot") == "9 · Ankle boot"
-    folder = tmp_path / "ckpt"
-    (folder / "examples").mkdir(parents=True)
-    Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(folder / "examples" / "1_Vertical.png")
-    Image.fromarray(np.zeros((28, 28, 3), dtype=np.uint8)).save(folder / "examples" / "0_Horizontal.png")
-    ex = load_examples(folder)
-    assert [n for n, _ in ex] == ["0 · Horizontal", "1 · Vertical"]
-    assert ex[0][1].shape == (28, 28, 3) and ex[1][1].shape == (28, 28, 1) and ex[1][1].max() == 200
-    assert load_examples(tmp_path / "nowhere") == []
-    gen = generated_examples(pipe, steps=3)
-    assert [n for n, _ in gen] == [f"{c} (generated)" for c in label_choices(pipe)]
-    assert gen[0][1].shape == (12, 12, 1) and gen[0][1].dtype == np.uint8
-
-
-def test_registry_loads_listed_sources_only_and_falls_back(tiny_checkpoint, tmp_path):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text(json.dumps({"format": "something-else"}))
-    reg = ModelRegistry([str(broken), str(tiny_checkpoint)], cache_size=1)
-    with pytest.raises(ValueError, match=r"unknown model '/etc'; choose one of"):
-        reg.get("/etc")
-    source, p, failures = reg.first_loadable([str(tmp_path / "missing"), str(broken)])
-    assert source == str(tiny_checkpoint) and p.T == 1000
-    assert set(failures) == {str(tmp_path / "missing"), str(broken)}
-    assert "not a ddpm-studio checkpoint" in failures[str(broken)]
-    assert reg.sources == [str(tiny_checkpoint)]  # failed sources are no longer offered
-    assert reg.get(str(tiny_checkpoint)) is p  # cached
-    names = [n for n, _ in reg.examples(str(tiny_checkpoint))]
-    assert names  # shipped by training, or generated
-    with pytest.raises(ValueError, match="no model could be loaded"):
-        ModelRegistry([str(broken)]).first_loadable([str(broken)])
-
-
-def test_local_checkpoints(tmp_path, tiny_checkpoint):
-    shutil.copytree(tiny_checkpoint, tmp_path / "b-model")
-    (tmp_path / "a-empty").mkdir()
-    (tmp_path / "notes.txt").write_text("x")
-    assert local_checkpoints(tmp_path) == [str(tmp_path / "b-model")]
-    # an evaluation classifier beside the models is not a model to offer; a garbled config still is (its
-    # load error is shown on the page)
-    (tmp_path / "c-classifier").mkdir()
-    (tmp_path / "c-classifier" / "config.json").write_text('{"format": "ddpm-studio-classifier", "format_version": 1}')
-    (tmp_path / "d-garbled").mkdir()
-    (tmp_path / "d-garbled" / "config.json").write_text("{not json")
-    assert local_checkpoints(tmp_path) == [str(tmp_path / "b-model"), str(tmp_path / "d-garbled")]
-    assert local_checkpoints(tmp_path / "missing") == []
