@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ddpm
 from ddpm.card import card_metadata, ensure_sample_grid, is_generated_card, model_card, write_model_card
 from ddpm.checkpoint import CheckpointConfig, load_config, save_checkpoint
 from ddpm.model import UNet, preset_config
@@ -87,13 +88,6 @@ def test_sample_grid_is_drawn_kept_and_redrawn_when_stale(checkpoint):
     os.utime(grid, (weights.stat().st_mtime - 10,) * 2)
     assert ensure_sample_grid(checkpoint).read_bytes() == first  # stale: redrawn, seeded, so identical
 
-    steps = load_config(checkpoint).training["steps"]
-    from_training = checkpoint / "samples" / f"step_{steps:07d}.png"
-    from_training.parent.mkdir(exist_ok=True)
-    from_training.write_bytes(b"training grid")
-    os.utime(grid, (weights.stat().st_mtime - 10,) * 2)
-    assert ensure_sample_grid(checkpoint).read_bytes() == b"training grid"  # the training loop's grid is reused
-
     card = write_model_card(checkpoint).read_text()
     assert "![Samples from this model](samples.png)" in card and "one row per class" in card
 
@@ -115,69 +109,36 @@ def test_unconditional_card_and_grid(tmp_path):
     assert "| wall time | 2.0 h |" in text and "guidance" not in text
 
 
-def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path):
+@pytest.mark.parametrize("sampling, said", [
+    ({"sampler": "ddim", "steps": 7, "cfg": 3.5, "guidance_interval": [0.2, 1.0]},
+     "DDIM, 7 steps · CFG 3.5 for t/T in 0.2..1 · fp32"),
+    ({"sampler": "ddim", "steps": 7, "cfg": 3.5, "guidance_interval": [0.2, 1.0], "spacing": 2.0},
+     "DDIM, 7 steps (spacing 2) · CFG 3.5 for t/T in 0.2..1 · fp32"),
+    ({"sampler": "ddim", "steps": 7, "cfg": 3.5, "eta": 0.5}, "DDIM (eta 0.5), 7 steps · CFG 3.5 · fp32"),
+    ({"sampler": "ddim", "steps": 7, "cfg": 1.0, "redraws": 2}, "DDIM, 7 steps · CFG 1 · up to 2 redraw rounds · fp32"),
+    ({"sampler": "dpm++2m", "steps": 6, "class_cfg": [1.0, 2.0, 3.0]},
+     "DPM-Solver++(2M), 6 steps · CFG per class (Horizontal 1, Vertical 2, Square 3) · fp32"),
+])
+def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path, sampling, said):
+    """samples.png is drawn at the recommendation (what the app and pipe.sample() run by default), and the caption,
+    the model table and the usage lines say so."""
     from ddpm.card import grid_caption
     from ddpm.checkpoint import save_config
     from ddpm.images import save_grid
     from ddpm.pipeline import load
 
-    steps = load_config(checkpoint).training["steps"]
-    from_training = checkpoint / "samples" / f"step_{steps:07d}.png"
-    from_training.parent.mkdir(exist_ok=True)
-    from_training.write_bytes(b"training grid")  # drawn with the fixed settings: must not stand in for these
-    plain = ensure_sample_grid(checkpoint, force=True).read_bytes()  # no recommendation: DDIM, w = 2
-
-    config = load_config(checkpoint)
-    save_config(checkpoint, dataclasses.replace(config, sampling={"sampler": "ddim", "steps": 7, "cfg": 3.5,
-                                                                  "guidance_interval": [0.2, 1.0]}))
-    (checkpoint / "model.safetensors").touch()  # the grid is now older than the weights
+    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling=sampling))
+    (checkpoint / "model.safetensors").touch()  # any grid is now older than the weights
     grid = ensure_sample_grid(checkpoint).read_bytes()
-    assert grid != b"training grid" and grid != plain
-
     labels = [c for c in range(3) for _ in range(8)]
-    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=3.5, guidance_interval=(0.2, 1.0), seed=0)
+    options = ddpm.SamplerOptions.from_dict(sampling)
+    expected = load(checkpoint).sample(labels, seed=0, options=options)
     assert save_grid(expected, tmp_path / "expected.png", nrow=8).read_bytes() == grid
-
     caption = grid_caption(load_config(checkpoint))
-    assert caption == ("one row per class (Horizontal, Vertical, Square); DDIM, 7 steps, guidance w = 3.5 for t/T in "
-                       "0.2..1, seed 0 (the recommended settings).")
-    assert f"*{caption}*" in write_model_card(checkpoint).read_text()
-
-    # a recommended time-step spacing is drawn with, and said
-    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling={
-        "sampler": "ddim", "steps": 7, "cfg": 3.5, "guidance_interval": [0.2, 1.0], "spacing": 2.0}))
-    spaced = ensure_sample_grid(checkpoint, force=True).read_bytes()
-    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=3.5, guidance_interval=(0.2, 1.0),
-                                       spacing=2.0, seed=0)
-    assert save_grid(expected, tmp_path / "spaced.png", nrow=8).read_bytes() == spaced != grid
-    assert "7 steps, time steps spaced with power 2, guidance w = 3.5" in grid_caption(load_config(checkpoint))
+    assert caption == f"one row per class (Horizontal, Vertical, Square); {said}; seed 0 (the recommended settings)."
     card = write_model_card(checkpoint).read_text()
-    assert "| recommended sampling | ddim, 7 steps, guidance w = 3.5 for t/T in 0.2..1, time steps spaced with power 2 |" in card
-    assert "cfg=3.5, guidance_interval=(0.2, 1), spacing=2, seed=0)" in card
-
-    # and a recommended DDIM eta: drawn with, said in the caption, the table and the usage example
-    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling={
-        "sampler": "ddim", "steps": 7, "cfg": 3.5, "eta": 0.5}))
-    noisy = ensure_sample_grid(checkpoint, force=True).read_bytes()
-    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=3.5, eta=0.5, seed=0)
-    assert save_grid(expected, tmp_path / "eta.png", nrow=8).read_bytes() == noisy != grid
-    assert "eta 0.5" in grid_caption(load_config(checkpoint))
-    card = write_model_card(checkpoint).read_text()
-    assert "| recommended sampling | ddim, 7 steps, guidance w = 3.5, eta 0.5 |" in card
-    assert 'sampler="ddim", steps=7, cfg=3.5, eta=0.5, seed=0)' in card
-
-    # and recommended redraw rounds: the grid is drawn with them, the caption, the table and the example say so
-    save_config(checkpoint, dataclasses.replace(load_config(checkpoint), sampling={
-        "sampler": "ddim", "steps": 7, "cfg": 1.0, "redraws": 2}))
-    redrawn = ensure_sample_grid(checkpoint, force=True).read_bytes()
-    expected = load(checkpoint).sample(labels, sampler="ddim", steps=7, cfg=1.0, redraws=2, seed=0)
-    assert save_grid(expected, tmp_path / "redraws.png", nrow=8).read_bytes() == redrawn
-    caption = grid_caption(load_config(checkpoint))
-    assert "up to 2 redraw round(s) of the images the model reads as another class" in caption
-    card = write_model_card(checkpoint).read_text()
-    assert "| recommended sampling | ddim, 7 steps, guidance w = 1, up to 2 redraw round(s) of samples the model reads " \
-           "as another class |" in card
-    assert 'steps=7, cfg=1.0, redraws=2, seed=0)' in card
+    assert f"*{caption}*" in card and f"| recommended sampling | {said} |" in card
+    assert 'images = pipe.sample(labels=["Horizontal"] * 4, seed=0)  # the recommended settings' in card
 
 
 def test_card_reproduce_commands_can_be_given(checkpoint):

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import ddpm
+from ddpm.card import prepare_for_hub
 from ddpm.checkpoint import CheckpointError, load_config
 from ddpm.hub import (
     HubError,
@@ -64,6 +65,8 @@ def pull(source: str, hub: FakeHub, cache: Path) -> Path:
 
 
 def push(folder: Path, repo: str, hub: FakeHub, **kwargs) -> str:
+    """What `python -m ddpm.hub push` does: the card for the repo (ddpm.card), then the upload (ddpm.hub)."""
+    prepare_for_hub(folder, repo)
     return push_checkpoint(folder, repo, endpoint=hub.url, token=TOKEN, **kwargs)
 
 
@@ -288,6 +291,26 @@ def test_a_hand_written_card_is_pushed_as_it_is(checkpoint, hub):
 
 
 
+def test_push_checkpoint_only_moves_files(checkpoint, hub):
+    """The library's push uploads the folder as it is: no card or grid is written into it or the repo."""
+    for name in ("README.md", "samples.png"):
+        (checkpoint / name).unlink(missing_ok=True)
+    push_checkpoint(checkpoint, "user/bare", endpoint=hub.url, token=TOKEN)
+    assert not (checkpoint / "README.md").exists() and not (checkpoint / "samples.png").exists()
+    assert set(hub.files("user/bare")) == {"config.json", "model.safetensors", ".gitattributes"} | examples(checkpoint)
+
+
+def test_the_push_command_writes_the_card_first(checkpoint, hub, monkeypatch, capsys):
+    from ddpm.hub.__main__ import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(sys.modules["ddpm.hub.__main__"], "push_checkpoint",
+                        lambda *a, **kw: push_checkpoint(*a, endpoint=hub.url, **kw))
+    assert main(["push", str(checkpoint), "user/cli"]) == 0
+    card = hub.files("user/cli")["README.md"].decode()
+    assert 'ddpm.load("user/cli")' in card and "pushed" in capsys.readouterr().out
+
+
 def test_a_pushed_card_keeps_the_hand_given_rows(checkpoint, hub):
     from ddpm.card import write_model_card
 
@@ -378,7 +401,7 @@ def fake_project(root: Path, checkpoint: Path) -> Path:
 def test_deploy_space_uploads_exactly_the_space_files(checkpoint, hub, tmp_path):
     push(checkpoint, "user/tiny", hub)
     root = fake_project(tmp_path / "project", checkpoint)
-    ddpm_files = {f"ddpm/{p.name}" for p in (ROOT / "ddpm").glob("*.py")}
+    ddpm_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ddpm").rglob("*.py") if "__pycache__" not in p.parts}
     expected = {"README.md", "app.py", "requirements.txt", *ddpm_files,
                 *(f"checkpoints/fashion-mnist/{n}" for n in ("config.json", "model.safetensors", "README.md",
                                                              "samples.png", "examples/sneaker/final.png"))}
