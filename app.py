@@ -76,8 +76,9 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
     def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False, spacing=1.0,
                  redraws=0):
         """Stream x_t and x0_pred while sampling, then the final grid, GIF, MP4 and the recorded frames."""
-        for u in _checked(handlers.generate, registry, model, label, cfg, steps, seed, n_images, sampler, eta,
-                          precision, limit_guidance, spacing, redraws, runs_dir=RUNS_DIR):
+        for u in _checked(handlers.generate, registry, model, label=label, seed=seed, n_images=n_images,
+                          limit_guidance=limit_guidance, runs_dir=RUNS_DIR, cfg=cfg, steps=steps, sampler=sampler,
+                          eta=eta, precision=precision, spacing=spacing, redraws=redraws):
             if isinstance(u, handlers.Finished):
                 yield {final_img: str(u.png), video: str(u.mp4), files: [str(u.png), str(u.gif), str(u.mp4)],
                        frames: u.frames, status: u.status, run_info: u.run_info,
@@ -94,8 +95,8 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
 
     def explore(model, label, steps, seed, sampler, eta, precision, limit_guidance=False, spacing=1.0):
         """The same seed and label at several CFG scales, side by side."""
-        return _checked(handlers.explore, registry, model, label, steps, seed, sampler, eta, precision,
-                        limit_guidance, spacing)
+        return _checked(handlers.explore, registry, model, label=label, seed=seed, limit_guidance=limit_guidance,
+                        steps=steps, sampler=sampler, eta=eta, precision=precision, spacing=spacing)
 
     def select_model(model):
         """Switch model: relabel the controls for it. On failure, report it and go back to the first model."""

@@ -51,7 +51,7 @@ from ddpm.studio import parse_request  # noqa: E402
 from ddpm.torch_thread import torch_thread  # noqa: E402
 
 FIELDS = ("label", "cfg", "steps", "seed", "n_images", "sampler", "eta", "precision", "limit_guidance", "spacing",
-          "redraws")  # the handler's (and the /generate endpoint's) order after the model
+          "redraws")  # the /generate endpoint's order after the model
 RUNS_DIR = Path(tempfile.gettempdir()) / "ddpm-bench-app-runs"
 
 
@@ -71,7 +71,7 @@ def inprocess_run(registry: ModelRegistry, model: str, request: dict) -> tuple[f
     tt = torch_thread()
     t0 = time.perf_counter()
     first = None
-    for u in tt.iterate(tt.call(handlers.generate, registry, model, *(request[k] for k in FIELDS), runs_dir=RUNS_DIR)):
+    for u in tt.iterate(tt.call(handlers.generate, registry, model, **request, runs_dir=RUNS_DIR)):
         if first is None and isinstance(u, handlers.Live) and u.x_t is not None:
             first = time.perf_counter() - t0
     return first, time.perf_counter() - t0

@@ -201,16 +201,16 @@ def new_run_dir(root: Path, *, ttl_s: float = RUN_FILES_TTL_S) -> Path:
     return path
 
 
-def generate(registry: ModelRegistry, model: object, label: object, cfg: object, steps: object, seed: object,
-             n_images: object, sampler: object, eta: object, precision: object, limit_guidance: object = False,
-             spacing: object = 1.0, redraws: object = 0, *, runs_dir: Path,
-             stream_rate: float = STREAM_RATE) -> Iterator[Live | Finished]:
+def generate(registry: ModelRegistry, model: object, *, label: object, seed: object, n_images: object,
+             limit_guidance: object = False, runs_dir: Path, stream_rate: float = STREAM_RATE,
+             **settings: object) -> Iterator[Live | Finished]:
     """Check the request (ValueError now, not at the first next()), then stream the run: Live updates at most
-    stream_rate per second (the first and last step always), then one Finished with files in a new runs_dir folder."""
+    stream_rate per second (the first and last step always), then one Finished with files in a new runs_dir folder.
+
+    settings: SamplerOptions fields by name, as the page's controls send them (studio.parse_request)."""
     pipe = registry.get(model)
-    request = parse_request(pipe, label=label, cfg=cfg, steps=steps, seed=seed, n_images=n_images, sampler=sampler,
-                            eta=eta, precision=precision, limit_guidance=limit_guidance, spacing=spacing,
-                            redraws=redraws)
+    request = parse_request(pipe, label=label, seed=seed, n_images=n_images, limit_guidance=limit_guidance,
+                            **settings)
     return _run(pipe, request, runs_dir, stream_rate)
 
 
@@ -258,12 +258,15 @@ def scrub(index: object, recorded: list[Frame]) -> Live:
 
 
 # -- the guidance explorer ---------------------------------------------------------------------------
-def explore(registry: ModelRegistry, model: object, label: object, steps: object, seed: object, sampler: object,
-            eta: object, precision: object, limit_guidance: object = False, spacing: object = 1.0) -> Gallery:
-    """The same seed and label at each of GUIDANCE_SCALES, side by side: [(image, "CFG w"), ...]."""
+def explore(registry: ModelRegistry, model: object, *, label: object, seed: object, limit_guidance: object = False,
+            **settings: object) -> Gallery:
+    """The same seed and label at each of GUIDANCE_SCALES, side by side: [(image, "CFG w"), ...].
+
+    settings: SamplerOptions fields by name (not cfg: the sweep sets it)."""
     pipe = registry.get(model)
-    request = parse_request(pipe, label=label, cfg=0.0, steps=steps, seed=seed, n_images=1, sampler=sampler, eta=eta,
-                            precision=precision, limit_guidance=limit_guidance, spacing=spacing)
+    precision = settings.pop("precision", "auto")
+    request = parse_request(pipe, label=label, seed=seed, n_images=1, limit_guidance=limit_guidance,
+                            **settings, cfg=0.0, precision="fp32")
     if request.label is None:
         raise ValueError("the guidance explorer needs a class-conditional model")
     prec, _ = choose_precision(precision, 2 * len(GUIDANCE_SCALES), pipe.device)  # the sweep's own batch

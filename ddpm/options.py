@@ -97,7 +97,7 @@ class SamplerOptions:
                 raise ValueError(f"class_cfg needs one guidance scale per class: {num_classes} classes, "
                                  f"got {len(self.class_cfg)} scales")
         if not _is_number(self.eta) or not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
+            raise ValueError(f"eta must be a number in 0..1, got {self.eta!r}")
         if self.variance not in VARIANCES:
             raise ValueError(f"unknown variance {self.variance!r}; choose one of {', '.join(VARIANCES)}")
         if self.sampler == "ddpm" and self.variance == "beta" and self.steps != T:
@@ -107,7 +107,7 @@ class SamplerOptions:
             raise ValueError(f"clip_x0 must be true or false, got {self.clip_x0!r}")
         check_spacing(self.spacing)
         if not _is_int(self.redraws) or not 0 <= self.redraws <= MAX_REDRAWS:
-            raise ValueError(f"redraws must be an integer in 0..{MAX_REDRAWS} (0 = off), got {self.redraws!r}")
+            raise ValueError(f"redraws must be an integer in 0..{MAX_REDRAWS}, got {self.redraws!r} (0 = off)")
         if self.redraws and num_classes is None:
             raise ValueError("redraws need a class-conditional model: the check asks which class explains an image")
         if not _is_number(self.redraw_threshold) or not -1.0 <= self.redraw_threshold <= 1.0:
@@ -159,11 +159,31 @@ class SamplerOptions:
         return " · ".join(parts)
 
 
+def parse_setting(name: str, value: Any) -> Any:
+    """A raw setting as a browser or an API client sends it, in its field's type where it plainly is one: 10.0 for
+    an integer field is 10, "DDIM" is "ddim", a list is a tuple. Anything else is returned as it is, for `validate`
+    to refuse with the allowed range. An unknown name is a ValueError."""
+    f = next((f for f in fields(SamplerOptions) if f.name == name), None)
+    if f is None:
+        raise ValueError(f"unknown sampling setting {name!r}; settings are "
+                         f"{', '.join(f.name for f in fields(SamplerOptions))}")
+    kind = type(f.default)
+    if kind is str and isinstance(value, str):
+        return value.strip().lower()
+    if kind is int and _is_number(value) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    if kind is float and _is_number(value):
+        return float(value)
+    if f.default is None and isinstance(value, list):  # the optional tuples: guidance_interval, class_cfg
+        return tuple(value)
+    return value
+
+
 def check_spacing(spacing: float) -> None:
     """Raise ValueError unless spacing is a number in [1, MAX_SPACING]."""
     if not _is_number(spacing) or not 1.0 <= float(spacing) <= MAX_SPACING:
-        raise ValueError(f"spacing must be a number in 1..{MAX_SPACING:g} (1 = even steps, 2 = quadratic), "
-                         f"got {spacing!r}")
+        raise ValueError(f"spacing must be a number in 1..{MAX_SPACING:g}, got {spacing!r} (1 = even steps, "
+                         "2 = quadratic)")
 
 
 def _is_int(v: Any) -> bool:

@@ -19,7 +19,7 @@ import torch
 from .data import fit_images, to_model_range
 from .device import choose_precision
 from .frames import frames_by_log_snr
-from .options import MAX_REDRAWS, MAX_SPACING, SAMPLERS, SamplerOptions, check_spacing
+from .options import SamplerOptions, parse_setting
 from .pipeline import Pipeline
 from .samplers import Step, guided_eps_fn, network_batch, randn_per_image, run_to_end, solver_steps, timesteps_for
 from .schedule import NoiseSchedule
@@ -131,40 +131,31 @@ def _integer(name: str, value: object, lo: int, hi: int) -> int:
     return int(v)
 
 
-def parse_request(pipe: Pipeline, *, label: object, cfg: object, steps: object, seed: object, n_images: object,
-                  sampler: object, eta: object = 0.0, precision: object = "auto", limit_guidance: object = False,
-                  spacing: object = 1.0, redraws: object = 0) -> Request:
+def parse_request(pipe: Pipeline, *, label: object, seed: object, n_images: object, limit_guidance: object = False,
+                  **settings: object) -> Request:
     """Check raw values (as a browser or an API client sends them: numbers may be floats) against the model.
 
-    The settings are the checkpoint's recommendation with these values. limit_guidance: guide only in the
-    recommended interval of noise levels (pipe.recommended.guidance_interval; no effect when it recommends none).
-    An unconditional model has no classes: it ignores label and redraws.
+    settings: SamplerOptions fields by name (sampler=, steps=, cfg=, ...), over the checkpoint's recommendation;
+    precision may be "auto" (resolved for this batch). limit_guidance: guide only in the recommended interval of
+    noise levels (pipe.recommended.guidance_interval; none when it recommends none). An unconditional model has no
+    classes: it ignores label and redraws.
     """
-    steps_i = _integer("steps", steps, 1, pipe.T)
     seed_i = _integer("seed", seed, 0, SEED_MAX)
     counts = ", ".join(map(str, IMAGE_COUNTS))
     n = _number("number of images", n_images, f"one of {counts}")
     if n not in IMAGE_COUNTS:
         raise ValueError(f"number of images must be one of {counts}, got {n_images!r}")
-    cfg_f = _number("cfg (guidance scale)", cfg, f"a finite number in 0..{CFG_MAX:g}")
-    if not 0.0 <= cfg_f <= CFG_MAX:
-        raise ValueError(f"cfg (guidance scale) must be a finite number in 0..{CFG_MAX:g}, got {cfg!r}")
-    if not isinstance(sampler, str) or sampler.lower() not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    eta_f = _number("eta", eta, "a number in 0..1")
-    if not 0.0 <= eta_f <= 1.0:
-        raise ValueError(f"eta must be a number in 0..1, got {eta!r}")
-    spacing_f = _number("spacing", spacing, f"a number in 1..{MAX_SPACING:g}")
-    check_spacing(spacing_f)
-    redraws_i = _integer("redraws", redraws, 0, MAX_REDRAWS) if pipe.conditional else 0
-    label_i = parse_label(pipe, label) if pipe.conditional else None
-    if not isinstance(precision, str):
-        raise ValueError(f"unknown precision {precision!r}; choose one of auto, fp32, bf16")
+    values = {name: parse_setting(name, value) for name, value in settings.items()}
+    if "cfg" in values and not 0.0 <= values["cfg"] <= CFG_MAX:
+        raise ValueError(f"cfg (guidance scale) must be a finite number in 0..{CFG_MAX:g}, got {settings['cfg']!r}")
     if not isinstance(limit_guidance, bool):
         raise ValueError(f"limit_guidance must be true or false, got {limit_guidance!r}")
+    label_i = parse_label(pipe, label) if pipe.conditional else None
+    if not pipe.conditional:
+        values.pop("redraws", None)
+    precision = values.pop("precision", "auto")
     interval = pipe.recommended.guidance_interval if limit_guidance and pipe.conditional else None
-    options = pipe.options(pipe.recommended, sampler=sampler.lower(), steps=steps_i, cfg=cfg_f, eta=eta_f,
-                           guidance_interval=interval, spacing=spacing_f, redraws=redraws_i)  # cfg drops class_cfg
+    options = pipe.options(pipe.recommended, **values, guidance_interval=interval)  # cfg drops class_cfg
     prec, why = choose_precision(precision, network_batch(int(n), options, conditional=pipe.conditional),
                                  pipe.device)
     return Request(options.replace(precision=prec), label_i, seed_i, int(n), why)

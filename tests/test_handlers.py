@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "fashion-mnist"
 GOOD = dict(label="1 · Vertical", cfg=3.0, steps=12, seed=3, n_images=4, sampler="ddim", eta=0.0, precision="fp32",
             limit_guidance=False, spacing=1.0, redraws=0)
-ORDER = tuple(GOOD)  # the handler's (and the /generate endpoint's) order after the model
+ORDER = tuple(GOOD)  # the /generate endpoint's order after the model
 BAD_INPUTS = [  # (field, value, the message must contain these); the HTTP API test in test_app.py uses them too
     ("label", "Dog", ["'Dog'", "Horizontal, Vertical, Square", "0..2"]),
     ("label", 7, ["label 7", "0..2"]),
@@ -53,9 +53,9 @@ BAD_INPUTS = [  # (field, value, the message must contain these); the HTTP API t
 ]
 
 
-def args(**overrides) -> list:
-    values = {**GOOD, **overrides}
-    return [values[k] for k in ORDER]
+def args(**overrides) -> dict:
+    """A request as the page sends it, by name."""
+    return {**GOOD, **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def registry(model) -> ModelRegistry:
 
 def run(registry, model, tmp_path, *, stream_rate=handlers.STREAM_RATE, **overrides) -> list:
     """Every update of one generate run: Live ..., Finished."""
-    return list(handlers.generate(registry, model, *args(**overrides), runs_dir=tmp_path / "runs",
+    return list(handlers.generate(registry, model, **args(**overrides), runs_dir=tmp_path / "runs",
                                   stream_rate=stream_rate))
 
 
@@ -124,7 +124,7 @@ def test_same_seed_same_images_and_another_seed_other_images(registry, model, tm
 @pytest.mark.parametrize("field, value, parts", BAD_INPUTS)
 def test_bad_input_is_refused_before_sampling_naming_value_and_range(registry, model, tmp_path, field, value, parts):
     with pytest.raises(ValueError) as err:
-        handlers.generate(registry, model, *args(**{field: value}), runs_dir=tmp_path)  # at the call, not at next()
+        handlers.generate(registry, model, **args(**{field: value}), runs_dir=tmp_path)  # at the call, not at next()
     for part in parts:
         assert part in str(err.value)
     assert not tmp_path.joinpath("runs").exists()
@@ -132,7 +132,7 @@ def test_bad_input_is_refused_before_sampling_naming_value_and_range(registry, m
 
 def test_an_unlisted_model_is_refused(registry, tmp_path):
     with pytest.raises(ValueError, match=r"unknown model '/etc'; choose one of"):
-        handlers.generate(registry, "/etc", *args(), runs_dir=tmp_path)
+        handlers.generate(registry, "/etc", **args(), runs_dir=tmp_path)
 
 
 def test_generate_with_a_time_step_spacing(registry, model, tmp_path):
@@ -166,7 +166,7 @@ def test_generate_with_redraws_streams_the_redrawn_images_and_ends_with_the_kept
 @pytest.mark.slow
 def test_memory_stays_flat_over_many_runs(registry, model, tmp_path):
     def one():
-        for _ in handlers.generate(registry, model, *args(steps=8, n_images=16), runs_dir=tmp_path):
+        for _ in handlers.generate(registry, model, **args(steps=8, n_images=16), runs_dir=tmp_path):
             pass
 
     one()
@@ -207,12 +207,14 @@ def test_scrub_shows_recorded_steps(registry, model, tmp_path):
 
 # -- the guidance explorer -------------------------------------------------------------------------------
 def test_guidance_explorer_returns_one_image_per_scale(registry, model):
-    items = handlers.explore(registry, model, "2 · Square", 6, 4, "ddim", 0.0, "auto")
+    items = handlers.explore(registry, model, label="2 · Square", steps=6, seed=4, sampler="ddim", eta=0.0,
+                             precision="auto")
     assert [c for _, c in items] == ["CFG 0", "CFG 1", "CFG 2", "CFG 3", "CFG 5", "CFG 8"]
     assert all(isinstance(img, Image.Image) and img.width >= 150 for img, _ in items)
     assert len({img.tobytes() for img, _ in items}) > 1
     with pytest.raises(ValueError, match=r"steps must be an integer in 1\.\.1000"):
-        handlers.explore(registry, model, "2 · Square", 0, 4, "ddim", 0.0, "auto")
+        handlers.explore(registry, model, label="2 · Square", steps=0, seed=4, sampler="ddim", eta=0.0,
+                         precision="auto")
 
 
 # -- the model -------------------------------------------------------------------------------------------
@@ -298,8 +300,10 @@ def test_the_default_request_samples_exactly_what_the_library_does(tmp_path):
     o = v.options
     assert (v.labels[0], v.cfg, o.steps, o.sampler, o.eta, o.spacing, v.interval, o.precision, o.redraws) == \
         ("0 · T-shirt/top", 1.5, 50, "dpm++2m", 0.0, 1.25, (0.2, 0.8), "auto", 0)
-    *_, done = handlers.generate(reg, source, v.labels[0], v.cfg, o.steps, 0, 16, o.sampler, o.eta, o.precision,
-                                 v.interval is not None, o.spacing, o.redraws, runs_dir=tmp_path)
+    *_, done = handlers.generate(reg, source, label=v.labels[0], cfg=v.cfg, steps=o.steps, seed=0, n_images=16,
+                                 sampler=o.sampler, eta=o.eta, precision=o.precision,
+                                 limit_guidance=v.interval is not None, spacing=o.spacing, redraws=o.redraws,
+                                 runs_dir=tmp_path)
     bf16 = bf16_supported(torch.device("cpu"))
     options = ddpm.SamplerOptions(sampler="dpm++2m", steps=50, cfg=1.5, eta=0.0, precision="bf16" if bf16 else "fp32",
                                   guidance_interval=(0.2, 0.8), spacing=1.25)

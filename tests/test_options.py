@@ -52,7 +52,7 @@ def test_json_round_trip_and_lists_become_tuples():
     ({"steps": 2.5}, "steps must be an integer"),
     ({"cfg": -1.0}, "cfg \\(guidance scale\\) must be a finite number >= 0"),
     ({"cfg": float("nan")}, "finite number"),
-    ({"eta": 1.5}, "eta must be a number in \\[0, 1\\]"),
+    ({"eta": 1.5}, "eta must be a number in 0..1"),
     ({"variance": "big"}, "unknown variance 'big'"),
     ({"sampler": "ddpm", "variance": "beta", "steps": 10}, "only allowed with all 100 steps"),
     ({"spacing": 0.5}, "spacing must be a number in 1..4"),
@@ -117,3 +117,18 @@ def test_describe_for_people():
     assert "CFG" not in SamplerOptions().describe(conditional=False)
     assert "up to 2 redraw rounds" in SamplerOptions(redraws=2).describe()
     assert set(SAMPLERS) == {"ddpm", "ddim", "dpm++2m"}
+
+
+def test_parse_setting_brings_browser_values_to_the_field_type():
+    from ddpm.options import parse_setting
+
+    assert parse_setting("steps", 10.0) == 10 and isinstance(parse_setting("steps", 10.0), int)
+    assert parse_setting("sampler", " DDIM ") == "ddim" and parse_setting("precision", "Auto") == "auto"
+    assert parse_setting("cfg", 2) == 2.0 and isinstance(parse_setting("cfg", 2), float)
+    assert parse_setting("guidance_interval", [0.2, 0.8]) == (0.2, 0.8)
+    for name, raw in (("steps", 2.5), ("redraws", "two"), ("clip_x0", "yes"), ("cfg", None)):
+        assert parse_setting(name, raw) == raw  # left for validate, which names the allowed range
+    with pytest.raises(ValueError, match="steps must be an integer in 1..100, got 2.5"):
+        SamplerOptions().replace(steps=parse_setting("steps", 2.5)).validate(100)
+    with pytest.raises(ValueError, match="unknown sampling setting 'colour'"):
+        parse_setting("colour", "red")

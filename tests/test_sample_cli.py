@@ -92,7 +92,7 @@ def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
     (["--cfg", "-1"], "cfg (guidance scale) must be a finite number >= 0"),
     (["--sampler", "euler"], "invalid choice: 'euler'"),
     (["--sampler", "ddpm", "--steps", "20", "--variance", "beta"], "variance='beta' is only allowed with all 1000 steps"),
-    (["--eta", "3"], "eta must be a number in [0, 1]"),
+    (["--eta", "3"], "eta must be a number in 0..1"),
     (["--seed", "-1"], "seed must be an integer in 0.."),
     (["--n", "0"], "--n must be in 1..10000"),
     (["--out", "samples.txt"], "use a .npz file or an image"),
