@@ -139,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if result.interrupted_by:
         pushed = " (not pushed)" if args.push_to_hub else ""
         again = " and the --push-to-hub flags again" if args.push_to_hub else ""
-        print(f"stopped by {result.interrupted_by} at step {result.step} of {cfg.steps}; checkpoint saved in "
-              f"{result.out}{pushed}. Continue with: python train.py --out {result.out} --resume{again}", file=sys.stderr)
+        if is_main_process():
+            print(f"stopped by {result.interrupted_by} at step {result.step} of {cfg.steps}; checkpoint saved in "
+                  f"{result.out}{pushed}. Continue with: python train.py --out {result.out} --resume{again}",
+                  file=sys.stderr)
         return 128 + signal.Signals[result.interrupted_by].value
-    print(f"done: step {result.step}, loss {result.final_loss:.4f}, {result.wall_time_s / 60:.1f} min, "
-          f"precision {result.precision}; checkpoint in {result.out}", file=sys.stderr)
+    if is_main_process():  # one line for the run, not one per torchrun process
+        print(f"done: step {result.step}, loss {result.final_loss:.4f}, {result.wall_time_s / 60:.1f} min, "
+              f"precision {result.precision}; checkpoint in {result.out}", file=sys.stderr)
     if args.push_to_hub and is_main_process():
         try:
             push(args, str(result.out))

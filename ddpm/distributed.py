@@ -60,6 +60,15 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def sum_over_processes(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """x summed over every process (in place); x itself in a single-process run. Every process must call it."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(x)
+    return x
+
+
 def mean_over_processes(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """x averaged over every process (in place); x itself in a single-process run."""
     if info.enabled:

@@ -24,7 +24,7 @@ import torch
 from .checkpoint import CheckpointConfig
 from .data import ImageDataset, default_geometry, load_dataset
 from .device import resolve_precision
-from .distributed import init_distributed, leave_distributed, mean_over_processes, wrap_model
+from .distributed import init_distributed, leave_distributed, mean_over_processes, sum_over_processes, wrap_model
 from .model import UNet, count_parameters, preset_config
 from .run_folder import (
     JsonlLog,
@@ -209,11 +209,14 @@ def train(
                 if done % 10 == 0 or done == cfg.steps:
                     ips = bar.format_dict.get("rate") or 0.0
                     bar.set_postfix(loss=f"{smoothed:.4f}", img_s=f"{ips * global_batch:.0f}", refresh=False)
-            if log is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                sum_over_processes(stats.sums, dist_info)  # the global batch's loss, not rank 0's share of it
+                sum_over_processes(stats.counts, dist_info)
                 now = time.time()
-                rate = stats.count / max(now - t_window, 1e-9) * dist_info.world_size
-                log.write({"step": done, "loss": stats.mean(), **stats.quarters(), "lr": lr_at(step, cfg),
-                           "images_per_s": round(rate, 1), "wall_time_s": round(wall_before + now - t_start, 1)})
+                if log is not None:
+                    log.write({"step": done, "loss": stats.mean(), **stats.quarters(), "lr": lr_at(step, cfg),
+                               "images_per_s": round(stats.count / max(now - t_window, 1e-9), 1),
+                               "wall_time_s": round(wall_before + now - t_start, 1)})
                 stats.reset()
                 t_window = now
             is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps

@@ -54,6 +54,11 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path: Path) -> No
     assert_same_params(ddp, single)
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2  # rank 0 alone writes the log
+    # ... and logs the global batch's loss (both ranks' examples), as the one process does
+    one = [json.loads(line) for line in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
+    for a, b in zip(log, one):
+        for key in ("loss", "loss_q0", "loss_q1", "loss_q2", "loss_q3"):
+            assert (a[key] is None and b[key] is None) or abs(a[key] - b[key]) < 1e-5, (key, a[key], b[key])
 
 
 def test_gradient_accumulation_equals_larger_batch(tmp_path: Path) -> None:
@@ -83,6 +88,7 @@ def test_train_py_under_torchrun_writes_one_checkpoint_and_learns(tmp_path: Path
                    "--out", str(out), "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "global batch 32 = 16 x 2 process(es) x 1 accumulation" in res.stderr
+    assert res.stderr.count("done: step 60") == 1  # one line for the run, not one per process
     files = sorted(p.name for p in out.iterdir())
     assert files == ["config.json", "examples", "log.jsonl", "model.safetensors", "train_config.json", "training_state.pt"]
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
