@@ -1,7 +1,7 @@
 """The app's handlers, without gradio: each takes the values a page (or an API client) sends and returns plain data.
 
-    for update in generate(registry, model, "7 · Sneaker", 2.5, 50, 0, 4, "dpm++2m", 0.0, "auto",
-                           runs_dir=Path("/tmp/runs")):
+    for update in generate(registry, model, label="7 · Sneaker", seed=0, n_images=4, runs_dir=Path("/tmp/runs"),
+                           cfg=2.5, steps=50, sampler="dpm++2m"):   # any SamplerOptions field by name
         ...   # Live (status, enlarged x_t and x0_pred), then one Finished (files, recorded frames, images)
 
 Bad input raises ValueError naming the value and the allowed range (app.py shows it as gr.Error). Every handler that
