@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ddpm.data import ImageDataset  # noqa: E402
 from ddpm.model import UNet, count_parameters, preset_config  # noqa: E402
-from ddpm.samplers import SamplerOptions, run_to_end, sample_steps  # noqa: E402
+from ddpm.options import SamplerOptions  # noqa: E402
+from ddpm.samplers import run_to_end, sample_steps  # noqa: E402
 from ddpm.schedule import NoiseSchedule, ScheduleConfig  # noqa: E402
 from ddpm.device import resolve_precision  # noqa: E402
 from ddpm.train_step import EMA, BatchSampler, diffusion_loss, make_global_batch  # noqa: E402

@@ -32,7 +32,8 @@ from .device import hardware_description
 from .hub import resolve_checkpoint
 from .images import save_grid
 from .model import ModelConfig, UNet
-from .samplers import SamplerOptions, run_to_end, sample_steps
+from .options import SamplerOptions
+from .samplers import run_to_end, sample_steps
 from .schedule import NoiseSchedule
 from .train_config import TrainConfig
 from .train_step import EMA
