@@ -169,7 +169,8 @@ def read_weights(folder: str | Path, model: torch.nn.Module, what: str) -> dict[
     """FOLDER/model.safetensors as fp32 tensors, checked to fit `model` key by key and shape by shape.
 
     Raises CheckpointError naming the file and the missing, unexpected or mis-shaped tensors (`what` names the model
-    in that message). Nothing is unpickled.
+    in that message), or the first tensor holding NaN / inf values (one isfinite pass per tensor). Nothing is
+    unpickled.
     """
     path = Path(folder) / WEIGHTS_NAME
     if not path.exists():
@@ -188,7 +189,13 @@ def read_weights(folder: str | Path, model: torch.nn.Module, what: str) -> dict[
             for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys
         )
         raise CheckpointError(f"{path} does not fit {what} ({detail})")
-    return {k: v.float() for k, v in tensors.items()}
+    weights = {k: v.float() for k, v in tensors.items()}
+    broken = {k: int((~torch.isfinite(v)).sum()) for k, v in weights.items() if not torch.isfinite(v).all()}
+    if broken:
+        name, count = next(iter(broken.items()))
+        more = f" (and {len(broken) - 1} more tensors)" if len(broken) > 1 else ""
+        raise CheckpointError(f"{path}: tensor {name!r} has {count} NaN / inf values{more}; the weights are broken")
+    return weights
 
 
 def load_model(folder: str | Path, config: CheckpointConfig | None = None, *, device: str | torch.device = "cpu") -> tuple[UNet, CheckpointConfig]:

@@ -8,14 +8,21 @@ It implements exactly the endpoints huggingface_hub 2.4 calls for what ddpm.hub 
     POST /api/{type}s/{repo}/commit/{rev}                    NDJSON commit: header, file (base64), deletedFile, deletedFolder
     POST /api/{type}s/{repo}/branch/{branch}                 create_branch
     POST /api/spaces/{repo}/variables                        add_space_variable
-    GET  /api/{type}s/{repo}[/revision/{rev}]                model_info / space_info (sha, siblings with sizes)
+    GET  /api/{type}s/{repo}[/revision/{rev}]                model_info / space_info (sha, siblings: size, blobId, lfs)
     GET  /api/{type}s/{repo}/tree/{rev}[/{path}]             list_repo_tree (snapshot_download, list_repo_files)
     HEAD /[{type}s/]{repo}/resolve/{rev}/{file}              file metadata: X-Repo-Commit, ETag, Content-Length
+                                                             (+ X-Linked-Etag = sha256, X-Linked-Size for LFS files)
     GET  /[{type}s/]{repo}/resolve/{rev}/{file}              file bytes
+
+File metadata is the real Hub's: a file matching a `filter=lfs` pattern of the commit's .gitattributes (or bigger
+than 10 MiB) is an LFS file, recorded by its sha256 and size (its git blob id is that of its LFS pointer); any
+other file by its git blob id. huggingface_hub names cache blobs by that digest (the ETag).
 
 Errors are 404s with the X-Error-Code the client maps to typed errors (RepoNotFound, RevisionNotFound,
 EntryNotFound). Writes need "Authorization: Bearer <token>"; private repos need it for reads too.
 Every request is appended to `FakeHub.requests` so tests can check what was (not) fetched.
+`FakeHub.tamper(repo, path)` serves other bytes for a file (same size) under its unchanged metadata: what a download
+corrupted on the way receives.
 Each response closes its connection (HTTP/1.0), so a stopped server is really unreachable.
 
     with FakeHub(token="hf_test") as hub:        # hub.url -> "http://127.0.0.1:PORT"
@@ -32,6 +39,7 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,12 +51,36 @@ REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
 SPACE_COLORS = ("red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray")
-GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
+GITATTRIBUTES = b"".join(b"*.%s filter=lfs diff=lfs merge=lfs -text\n" % ext
+                         for ext in (b"safetensors", b"bin", b"pt", b"pth", b"ckpt", b"pkl", b"pickle", b"png"))
+LFS_MIN_BYTES = 10 << 20  # the Hub stores a bigger file in LFS whatever .gitattributes says
 
 
 def git_blob_sha1(content: bytes) -> str:
     """The git object id of a file: sha1(b"blob <size>\\0" + content), as the Hub reports for regular files."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def lfs_pointer(content: bytes) -> bytes:
+    """The small text file git stores in place of an LFS file."""
+    sha = hashlib.sha256(content).hexdigest()
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(content)}\n".encode()
+
+
+def corrupted(content: bytes, path: str) -> bytes:
+    """Other bytes of the same length: a .safetensors file keeps its header and gets other, still finite values
+    (the lowest mantissa bit of each tensor's first element flipped); any other file gets its last byte changed."""
+    data = bytearray(content)
+    if path.endswith(".safetensors"):
+        n = int.from_bytes(content[:8], "little")
+        header = json.loads(content[8:8 + n])
+        for name, tensor in header.items():
+            start, end = tensor["data_offsets"] if name != "__metadata__" else (0, 0)
+            if end > start:
+                data[8 + n + start] ^= 1  # little-endian: the first byte holds the lowest mantissa bits
+    else:
+        data[-1] ^= 1
+    return bytes(data)
 
 
 @dataclass
@@ -73,6 +105,20 @@ class Repo:
         """A branch name or a full commit oid -> the commit, or None."""
         oid = self.branches.get(revision, revision)
         return self.commits.get(oid)
+
+
+def file_record(commit: Commit, path: str) -> dict[str, Any]:
+    """The Hub's record of a file (a model_info sibling without its name): size and git blob id; for an LFS file
+    also "lfs" (sha256, size, pointer size), and the blob id is its pointer's."""
+    content = commit.files[path]
+    patterns = [line.split()[0] for line in commit.files.get(".gitattributes", b"").decode().splitlines()
+                if "filter=lfs" in line.split()[1:]]
+    name = path.rsplit("/", 1)[-1]
+    if len(content) < LFS_MIN_BYTES and not any(fnmatch(name, p) or fnmatch(path, p) for p in patterns):
+        return {"size": len(content), "blobId": git_blob_sha1(content)}
+    pointer = lfs_pointer(content)
+    return {"size": len(content), "blobId": git_blob_sha1(pointer),
+            "lfs": {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": len(pointer)}}
 
 
 class HubError(Exception):
@@ -104,6 +150,7 @@ class FakeHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self.authorizations: list[str] = []  # every Authorization header value received
+        self.tampered: dict[tuple[str, str, str], bytes] = {}  # (type, repo, path) -> bytes served instead; clear() repairs
         self.lock = threading.RLock()
         self._counter = itertools.count()
         self._server: ThreadingHTTPServer | None = None
@@ -162,6 +209,15 @@ class FakeHub:
         with self.lock:
             repo = self.repos.get((repo_type, repo_id)) or self._create(repo_type, repo_id, private=False, sdk=None)
             return self._commit(repo, branch, message, files, delete)
+
+    def tamper(self, repo_id: str, path: str, content: bytes | None = None, *, repo_type: str = "model") -> bytes:
+        """From now on serve `content` for `path` (at every revision) while model_info, the tree and the HEAD still
+        describe the committed file: what a download corrupted on the way gets. content=None: corrupted(the file on
+        main), same size. Returns the bytes served."""
+        if content is None:
+            content = corrupted(self.files(repo_id, repo_type=repo_type)[path], path)
+        self.tampered[(repo_type, repo_id, path)] = content
+        return content
 
     def pushed_paths(self, repo_id: str, repo_type: str = "model") -> set[str]:
         """Every path written by a commit after the repo's initial commit."""
@@ -375,7 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _info(self, repo: Repo, commit: Commit) -> dict[str, Any]:
         info: dict[str, Any] = {
             "id": repo.repo_id, "sha": commit.oid, "private": repo.private, "lastModified": _now(), "tags": [],
-            "siblings": [{"rfilename": p, "size": len(b), "blobId": git_blob_sha1(b)} for p, b in sorted(commit.files.items())],
+            "siblings": [{"rfilename": p, **file_record(commit, p)} for p in sorted(commit.files)],
         }
         if repo.repo_type == "model":
             info["modelId"] = repo.repo_id
@@ -401,7 +457,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if not recursive:
                     break
             if recursive or len(rel) == 1:
-                entries[p] = {"type": "file", "oid": git_blob_sha1(b), "size": len(b), "path": p}
+                record = file_record(commit, p)
+                entries[p] = {"type": "file", "oid": record["blobId"], "size": len(b), "path": p}
+                if "lfs" in record:
+                    entries[p]["lfs"] = {"oid": record["lfs"]["sha256"], "size": len(b),
+                                         "pointerSize": record["lfs"]["pointerSize"]}
         return list(entries.values())
 
     def _commit(self, repo: Repo, revision: str) -> dict[str, Any]:
@@ -447,9 +507,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = "/".join(parts[4:])
         if path not in commit.files:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": commit.oid})
-        content = commit.files[path]
-        self._send(200, content, {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_sha1(content)}"'},
-                   content_type="application/octet-stream")
+        record = file_record(commit, path)
+        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{record["blobId"]}"'}
+        if "lfs" in record:  # the real Hub redirects to a CDN; the client reads the file's etag and size from these
+            headers.update({"X-Linked-Etag": f'"{record["lfs"]["sha256"]}"', "X-Linked-Size": str(record["size"])})
+        content = self.hub.tampered.get((repo_type, repo.repo_id, path), commit.files[path])
+        self._send(200, content, headers, content_type="application/octet-stream")
 
 
 def _now() -> str:

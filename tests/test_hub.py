@@ -1,11 +1,14 @@
-"""ddpm.hub end to end against tests/fake_hub.py: push, pull, pinned revisions, offline, hostile repos,
-train.py --push-to-hub and deploy-space. No internet: every request goes to a server on 127.0.0.1."""
+"""ddpm.hub end to end against tests/fake_hub.py: push, pull, pinned revisions, offline, hostile repos, downloads
+verified against the Hub's digests, train.py --push-to-hub and deploy-space. No internet: every request goes to a
+server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import subprocess
@@ -17,12 +20,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
 import ddpm
 from ddpm.card import prepare_for_hub
 from ddpm.checkpoint import CheckpointError, load_config
+from ddpm.model import parameter_count
 from ddpm.hub import (
+    MAX_HUB_PARAMETERS,
     HubError,
     deploy_space,
     parse_hub_id,
@@ -33,7 +39,7 @@ from ddpm.hub import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_hub import FakeHub, front_matter  # noqa: E402
+from fake_hub import FakeHub, corrupted, front_matter, git_blob_sha1  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_TEST_secret_token_4f2a9c"  # must never show up in an output or an uploaded file
@@ -173,6 +179,7 @@ def test_server_stopped_warm_cache_works_cold_cache_fails_fast(checkpoint, hub, 
     print(f"cold cache, Hub down: CheckpointError after {time.perf_counter() - start:.3f} s")
 
 
+@pytest.mark.slow
 def test_a_hub_that_never_answers_is_time_boxed(checkpoint, hub, tmp_path):
     """A silent server (connections accepted by the kernel, no reply): the timeout, then the cache or an error."""
     push(checkpoint, "user/tiny", hub)
@@ -189,6 +196,7 @@ def test_a_hub_that_never_answers_is_time_boxed(checkpoint, hub, tmp_path):
         print(f"cold cache, silent Hub, timeout=1: CheckpointError after {time.perf_counter() - start:.2f} s")
 
 
+@pytest.mark.slow
 def test_offline_mode_env_in_a_fresh_process(checkpoint, hub, tmp_path):
     """HF_HUB_OFFLINE=1 / HF_ENDPOINT / HF_HOME are read at import: set them before, in a subprocess."""
     push(checkpoint, "user/tiny", hub)
@@ -248,7 +256,7 @@ def test_tampered_config_is_rejected_before_the_weights_are_downloaded(hub, tmp_
 def test_a_valid_but_huge_config_is_rejected_before_the_weights_are_downloaded(hub, tmp_path, tiny_checkpoint):
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     config["model"].update(base_channels=512, channel_mult=[1, 2], num_res_blocks=8, norm_groups=8)
-    assert ddpm.hub.parameter_count(ddpm.ModelConfig.from_dict(config["model"])) > ddpm.hub.MAX_HUB_PARAMETERS
+    assert parameter_count(ddpm.ModelConfig.from_dict(config["model"])) > MAX_HUB_PARAMETERS
     hub.add_commit("user/huge-config", {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64})
     with pytest.raises(CheckpointError, match="-parameter UNet; more than the 200,000,000 accepted from the Hub"):
         pull("user/huge-config", hub, tmp_path / "cache")
@@ -257,19 +265,163 @@ def test_a_valid_but_huge_config_is_rejected_before_the_weights_are_downloaded(h
 
 def test_oversized_files_are_not_downloaded(hub, tmp_path, tiny_checkpoint, monkeypatch):
     config = (tiny_checkpoint / "config.json").read_bytes()
-    n = ddpm.hub.parameter_count(load_config(tiny_checkpoint).model)
+    n = parameter_count(load_config(tiny_checkpoint).model)
     hub.add_commit("user/huge", {"config.json": config, "model.safetensors": b"\0" * (4 * n + (2 << 20))})
     with pytest.raises(CheckpointError, match="model.safetensors; more than the"):
         pull("user/huge", hub, tmp_path / "cache")
     assert not downloads(hub, "model.safetensors")
 
-    monkeypatch.setattr(ddpm.hub, "MAX_CARD_FILES_BYTES", 1000)  # the card files are bounded together
+    monkeypatch.setattr(ddpm.hub.download, "MAX_CARD_FILES_BYTES", 1000)  # the card files are bounded together
     weights = (tiny_checkpoint / "model.safetensors").read_bytes()
     hub.add_commit("user/many-examples", {"config.json": config, "model.safetensors": weights, "other.bin": b"\0" * 5000,
                                           **{f"examples/{i}.png": b"\0" * 300 for i in range(4)}})
     with pytest.raises(CheckpointError, match="1,200-byte set of card files"):
         pull("user/many-examples", hub, tmp_path / "cache")
     assert not downloads(hub, ".png") and not downloads(hub, "other.bin")
+
+
+# -- verified downloads ------------------------------------------------------------------------------
+def commit_checkpoint(hub: FakeHub, repo: str, folder: Path) -> dict[str, bytes]:
+    """Commit a checkpoint's files straight to the fake hub (no card drawn: fast): config and weights (LFS), a
+    README (a git blob) and an example image (LFS). Returns them."""
+    files = {"config.json": (folder / "config.json").read_bytes(),
+             "model.safetensors": (folder / "model.safetensors").read_bytes(),
+             "README.md": b"---\nlicense: mit\n---\n# tiny\n", "examples/Square/final.png": b"\x89PNG fake" * 8}
+    hub.add_commit(repo, files)
+    return files
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_the_fake_hub_serves_the_hubs_file_metadata(hub, tiny_checkpoint):
+    """LFS files (weights, images) are recorded by sha256 and size, text files by git blob id: as on the real Hub,
+    and read back through huggingface_hub's own classes."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+
+    files = commit_checkpoint(hub, "user/tiny", tiny_checkpoint)
+    api = HfApi(endpoint=hub.url)
+    siblings = {s.rfilename: s for s in api.model_info("user/tiny", files_metadata=True).siblings}
+    tree = {f.path: f for f in api.list_repo_tree("user/tiny", recursive=True) if hasattr(f, "blob_id")}
+    for name in ("model.safetensors", "examples/Square/final.png"):
+        for entry in (siblings[name], tree[name]):
+            assert entry.lfs.sha256 == sha256(files[name]) and entry.lfs.size == entry.size == len(files[name])
+        head = get_hf_file_metadata(hf_hub_url("user/tiny", name, endpoint=hub.url))
+        assert head.etag == sha256(files[name]) and head.size == len(files[name])
+    for name in ("config.json", "README.md"):
+        assert siblings[name].lfs is None and siblings[name].size == len(files[name])
+        assert siblings[name].blob_id == tree[name].blob_id == git_blob_sha1(files[name])
+
+
+def test_a_tampered_download_of_the_weights_is_refused_and_not_kept(hub, tmp_path, tiny_checkpoint):
+    files = commit_checkpoint(hub, "user/tiny", tiny_checkpoint)
+    commit = hub.repo("user/tiny").branches["main"]
+    bad = hub.tamper("user/tiny", "model.safetensors")
+    # the same size and a valid safetensors file of finite weights, only other values: only the digest tells
+    good_tensors, bad_tensors = safetensors_load(files["model.safetensors"]), safetensors_load(bad)
+    assert len(bad) == len(files["model.safetensors"]) and good_tensors.keys() == bad_tensors.keys()
+    assert all(torch.isfinite(t).all() for t in bad_tensors.values())
+    assert not all(torch.equal(good_tensors[k], bad_tensors[k]) for k in good_tensors)
+
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError) as refused:
+        pull("user/tiny", hub, cache)
+    assert str(refused.value) == (
+        f"the Hub repo 'user/tiny' (commit {commit[:10]}): the downloaded model.safetensors does not match the Hub's "
+        f"record of it (sha256 expected {sha256(files['model.safetensors'])[:12]}, got {sha256(bad)[:12]}), so it is "
+        "not used: the download was corrupted or the repo changed while downloading. The bad copy was removed from "
+        "the cache; run again.")
+    print(refused.value)
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.read_bytes() == bad]
+
+    url = hub.url
+    hub.stop()  # nor is the bad copy used offline
+    with pytest.raises(CheckpointError, match="not in the local cache"):
+        resolve_checkpoint("user/tiny", endpoint=url, cache_dir=cache, timeout=5)
+    hub.start()
+    hub.tampered.clear()  # the Hub (or the network) is fixed: the same cache downloads the weights again
+    folder = pull("user/tiny", hub, cache)
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert ddpm.load(folder).sample([0], steps=2, seed=0).isfinite().all()
+
+
+@pytest.mark.parametrize("name, digest", [("README.md", "git blob id"), ("examples/Square/final.png", "sha256")])
+def test_a_tampered_card_file_is_refused(hub, tmp_path, tiny_checkpoint, name, digest):
+    files = commit_checkpoint(hub, "user/tiny", tiny_checkpoint)
+    bad = hub.tamper("user/tiny", name)
+    cache = tmp_path / "cache"
+    expected = git_blob_sha1(files[name]) if digest == "git blob id" else sha256(files[name])
+    actual = git_blob_sha1(bad) if digest == "git blob id" else sha256(bad)
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"the downloaded {name} does not match the Hub's record of it ({digest} expected {expected[:12]}, "
+            f"got {actual[:12]})")):
+        pull("user/tiny", hub, cache)
+    hub.tampered.clear()
+    assert (pull("user/tiny", hub, cache) / name).read_bytes() == files[name]
+
+
+def test_a_bad_file_that_cannot_be_removed_is_named_with_its_cache_entry(hub, tmp_path, tiny_checkpoint, monkeypatch):
+    """A read-only cache: the message says which files to delete."""
+    commit_checkpoint(hub, "user/tiny", tiny_checkpoint)
+    hub.tamper("user/tiny", "README.md")
+    monkeypatch.setattr(ddpm.hub.download, "_discard", lambda path: "PermissionError: [Errno 13] Permission denied")
+    with pytest.raises(CheckpointError) as refused:
+        pull("user/tiny", hub, tmp_path / "cache")
+    snapshot = tmp_path / "cache" / "models--user--tiny" / "snapshots" / hub.repo("user/tiny").branches["main"]
+    blob = (snapshot / "README.md").resolve()
+    assert blob.parent.name == "blobs"
+    assert str(refused.value).endswith(
+        "The bad copy could not be removed (PermissionError: [Errno 13] Permission denied): clear the cache entry at "
+        f"{snapshot / 'README.md'} and {blob}, the blob it links to, then run again.")
+
+
+def test_a_cached_file_corrupted_on_disk_is_refused_while_online(hub, tmp_path, tiny_checkpoint):
+    """Every online pull checks the cached files too (e.g. fetched by an older version or damaged on disk)."""
+    files = commit_checkpoint(hub, "user/tiny", tiny_checkpoint)
+    cache = tmp_path / "cache"
+    weights = pull("user/tiny", hub, cache) / "model.safetensors"
+    assert pull("user/tiny", hub, cache) == weights.parent  # a clean warm cache passes
+    weights.resolve().write_bytes(corrupted(files["model.safetensors"], "model.safetensors"))
+    with pytest.raises(CheckpointError, match="model.safetensors does not match the Hub's record of it"):
+        pull("user/tiny", hub, cache)
+    assert (pull("user/tiny", hub, cache) / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+def test_a_branch_that_moves_during_the_pull_is_verified_against_the_commit_downloaded(hub, tmp_path, tiny_checkpoint,
+                                                                                       monkeypatch):
+    files = commit_checkpoint(hub, "user/tiny", tiny_checkpoint)
+    new_weights = corrupted(files["model.safetensors"], "model.safetensors")  # a legitimate new commit this time
+    download = ddpm.hub.download._Snapshots.download
+
+    moved: list[str] = []
+
+    def push_first(self, revision, patterns, **kwargs):  # a push lands between model_info and the first download
+        if not moved:
+            moved.append(hub.add_commit("user/tiny", {"model.safetensors": new_weights}))
+        return download(self, revision, patterns, **kwargs)
+
+    monkeypatch.setattr(ddpm.hub.download._Snapshots, "download", push_first)
+    folder = pull("user/tiny", hub, tmp_path / "cache")
+    assert folder.name == moved[0] and (folder / "model.safetensors").read_bytes() == new_weights
+
+
+def test_weights_with_nan_or_inf_are_refused_local_or_from_the_hub(hub, tmp_path, tiny_checkpoint):
+    # belongs in tests/test_checkpoint.py (ddpm.checkpoint.read_weights), kept here while that file is being moved
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "nan"))
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[1]
+    weights[name].view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    save_file(weights, folder / "model.safetensors", metadata={"format": "ddpm-studio"})
+    message = f"tensor {name!r} has 3 NaN / inf values; the weights are broken"
+    with pytest.raises(CheckpointError, match=re.escape(f"{folder / 'model.safetensors'}: {message}")):
+        ddpm.load(folder)
+
+    # from the Hub: the file matches its record (nothing was tampered), so it downloads, and loading refuses it
+    hub.add_commit("user/nan", {"config.json": (folder / "config.json").read_bytes(),
+                                "model.safetensors": (folder / "model.safetensors").read_bytes()})
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        ddpm.load(pull("user/nan", hub, tmp_path / "cache"))
 
 
 # -- push errors -------------------------------------------------------------------------------------
@@ -334,6 +486,7 @@ def write_image_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_py_push_to_hub_end_to_end(hub, tmp_path):
     data, out = write_image_folder(tmp_path / "images"), tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), "--dataset", f"folder:{data}", "--image-size", "12", "--channels", "1",
@@ -364,6 +517,7 @@ def test_train_py_push_to_hub_end_to_end(hub, tmp_path):
     assert "('dark', 'light')" in pulled.stdout
 
 
+@pytest.mark.slow
 def test_train_py_without_a_token_fails_before_training(hub, tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), "--dataset", "mnist-5k", "--out", str(tmp_path / "run"),
            "--push-to-hub", "user/x"]
@@ -398,6 +552,7 @@ def fake_project(root: Path, checkpoint: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_deploy_space_uploads_exactly_the_space_files(checkpoint, hub, tmp_path):
     push(checkpoint, "user/tiny", hub)
     root = fake_project(tmp_path / "project", checkpoint)
