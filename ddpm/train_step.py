@@ -1,4 +1,4 @@
-"""The pure pieces of one optimisation step, each checked against a closed form in tests/test_training.py.
+"""The pure pieces of one optimisation step, each checked against a closed form in tests/test_train_step.py.
 
     BatchSampler, make_global_batch  -> the step's examples, t ~ U{0..T-1}, eps ~ N(0, I), dropped labels, flips
     diffusion_loss                   -> Ho et al. eq. 14: ||eps - eps_theta(x_t, t, y)||^2

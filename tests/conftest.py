@@ -3,22 +3,29 @@
 `tiny_checkpoint` (session scope) is a real checkpoint folder written by ddpm.training.train: the
 "tiny" preset, 12x12 grayscale, 3 classes ("Horizontal", "Vertical", "Square"), T = 1000 cosine
 schedule, trained for a few seconds. Any test (also other modules' tests) can ask for it by name.
+
+Copies of it that recommend sampling settings (config.json "sampling"), for the tests of every module that reads a
+recommendation: `interval_checkpoint` (a guidance interval, INTERVAL) and `per_class` (one scale per class, PER_CLASS).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` run from anywhere imports this checkout's ddpm
     sys.path.insert(0, str(ROOT))
 
+import ddpm  # noqa: E402
 from ddpm.data import ImageDataset  # noqa: E402
 from ddpm.train_config import TrainConfig  # noqa: E402
 from ddpm.training import train  # noqa: E402
@@ -30,6 +37,8 @@ torch.set_num_threads(TEST_THREADS)
 
 SYNTHETIC_CLASSES = ("Horizontal", "Vertical", "Square")
 TINY_SIZE = 12
+INTERVAL = (0.2, 0.7)  # the guidance interval (t/T) `interval_checkpoint` recommends, with CFG 4
+PER_CLASS = [0.5, 3.0, 1.5]  # the guidance scales `per_class` recommends: Horizontal, Vertical, Square
 
 
 def make_synthetic_images(n: int = 256, size: int = TINY_SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -119,3 +128,60 @@ def copy_with_sampling(src: Path, dst: Path, sampling: dict) -> Path:
 def with_sampling():
     """copy_with_sampling as a fixture: with_sampling(src, dst, {"cfg": 2.0, ...}) -> the copied folder."""
     return copy_with_sampling
+
+
+@pytest.fixture
+def interval_checkpoint(tiny_checkpoint: Path, tmp_path: Path, with_sampling) -> Path:
+    """A copy of the tiny checkpoint that recommends CFG 4 inside the guidance interval INTERVAL."""
+    return with_sampling(tiny_checkpoint, tmp_path / "ckpt", {"cfg": 4.0, "guidance_interval": list(INTERVAL)})
+
+
+@pytest.fixture
+def per_class(tiny_checkpoint: Path, tmp_path: Path, with_sampling) -> Path:
+    """A copy of the tiny checkpoint that recommends one guidance scale per class (PER_CLASS), and 2 without a class."""
+    return with_sampling(tiny_checkpoint, tmp_path / "checkpoints" / "per-class", {"cfg": 2.0, "class_cfg": PER_CLASS})
+
+
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's tiny checkpoint (pushing or writing a card writes README.md and samples.png
+    into it)."""
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+
+
+@pytest.fixture
+def run(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of a real training run's folder, with the files only training needs."""
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "run"))
+    (folder / "examples").mkdir(exist_ok=True)
+    (folder / "examples" / "0_Horizontal.png").write_bytes(b"\x89PNG fake")
+    (folder / "log.jsonl").write_text('{"step": 1}\n')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint: Path) -> ddpm.Pipeline:
+    """ddpm.load(tiny_checkpoint), once per test module."""
+    return ddpm.load(tiny_checkpoint)
+
+
+@pytest.fixture
+def synthetic_image_folder(tmp_path: Path, synthetic_dataset: ImageDataset) -> Path:
+    """The first 48 images of `synthetic_dataset` as PNG files in tmp_path / "data", one sub-folder per class (a
+    dataset train.py reads as folder:PATH)."""
+    root = tmp_path / "data"
+    for i in range(48):
+        d = root / synthetic_dataset.class_names[int(synthetic_dataset.labels[i])]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_dataset.images[i, 0].numpy()).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def nan_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny checkpoint whose second tensor (in name order) starts with NaN, inf and -inf."""
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "nan"))
+    weights = load_file(folder / "model.safetensors")
+    weights[sorted(weights)[1]].view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    save_file(weights, folder / "model.safetensors", metadata={"format": "ddpm-studio"})
+    return folder

@@ -41,6 +41,7 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("C
                            reason="glibc only")
 
 
+@pytest.mark.slow
 @glibc
 def test_tuning_stops_the_page_faults_of_large_tensors():
     plain, tuned = probe("plain"), probe("tune")
@@ -54,6 +55,7 @@ def test_tuning_stops_the_page_faults_of_large_tensors():
     assert sum(f < 0.1 * pages for f in tuned["faults"]) >= 20, tuned["faults"]
 
 
+@pytest.mark.slow
 @glibc
 def test_the_users_choice_wins():
     assert probe("tune", DDPM_NO_MALLOC_TUNING="1")["tuned"] is False

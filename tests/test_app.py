@@ -25,6 +25,9 @@ from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
 import ddpm.registry  # noqa: E402
+from conftest import PER_CLASS  # noqa: E402
+from ddpm import handlers  # noqa: E402
+from ddpm.registry import ModelRegistry  # noqa: E402
 from ddpm.studio import CFG_MAX  # noqa: E402
 from ddpm.torch_thread import TorchThread  # noqa: E402
 from tests.test_handlers import BAD_INPUTS, args  # noqa: E402
@@ -87,6 +90,26 @@ def test_a_recommended_interval_shows_the_checkbox_ticked(tiny_checkpoint, tmp_p
 
 def interval_box(demo: gr.Blocks) -> gr.Checkbox:
     return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "interval")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_app_moves_the_cfg_slider_to_the_chosen_class(per_class: Path, tiny_checkpoint: Path, tmp_path: Path):
+    def slider(demo: gr.Blocks) -> gr.Slider:
+        return next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label == "CFG scale (guidance)")
+
+    demo = app.build_demo(str(per_class), checkpoints_dir=str(tmp_path / "none"))
+    assert slider(demo).value == PER_CLASS[0] and "scale per class" in slider(demo).info  # the dropdown starts at 0
+    # the browser moves the slider (CLASS_SCALE_JS) from the scales the page holds
+    scales = next(b for b in demo.blocks.values() if isinstance(b, gr.JSON) and not b.visible)
+    assert scales.value == {"names": ["horizontal", "vertical", "square"], "scales": PER_CLASS}
+    assert not slider(app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "none"))).info
+
+    # switching models: the page takes the new model's scales, or none (one scale: the person's w stays)
+    registry = ModelRegistry([str(tiny_checkpoint), str(per_class)])
+    view = handlers.select_model(registry, str(per_class), fallback=str(tiny_checkpoint))
+    assert view.cfg == PER_CLASS[0] and "scale per class" in view.cfg_info and view.class_scales["scales"] == PER_CLASS
+    view = handlers.select_model(registry, str(tiny_checkpoint), fallback=str(tiny_checkpoint))
+    assert view.cfg_info == "" and view.class_scales is None  # "" clears the previous model's note
 
 
 def test_a_checkpoint_with_a_bad_recommendation_is_reported_and_skipped(tiny_checkpoint, tmp_path, with_sampling):
@@ -154,7 +177,7 @@ def client(server):
 
 
 def api_args(model, **overrides) -> list:
-    return [model, *args(**overrides)]
+    return [model, *args(**overrides).values()]  # the endpoint's order
 
 
 @pytest.mark.slow
@@ -208,12 +231,13 @@ def test_api_bad_input_is_an_error_and_the_server_keeps_serving(client, server, 
     assert result[2].startswith("**Done:** 2 steps")
 
 
+@pytest.mark.slow
 def test_api_unknown_model_and_bad_scrub_are_refused(client, server):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match=r"unknown model '/etc'; choose one of"):
-        client.predict("/etc", *args(), api_name="/generate")
+        client.predict("/etc", *args().values(), api_name="/generate")
     with pytest.raises(AppError, match="nothing recorded yet: press Generate first"):
         Client(server[0], verbose=False).predict(0, api_name="/scrub")  # a new session has recorded nothing
 
@@ -261,7 +285,7 @@ def test_models_load_and_run_on_the_demos_torch_thread(tiny_checkpoint, tmp_path
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         model = str(tiny_checkpoint)
-        assert client.predict(model, *args(steps=3), api_name="/generate")[2].startswith("**Done:**")
+        assert client.predict(model, *args(steps=3).values(), api_name="/generate")[2].startswith("**Done:**")
         assert len(client.predict(model, "1 · Vertical", 3, 0, "ddim", 0.0, "fp32",
                                   api_name="/guidance_explorer")) == 6
     finally:

@@ -1,11 +1,11 @@
-"""ddpm.card: the model card's Hub metadata and contents, and the sample grid (kept, reused or redrawn)."""
+"""ddpm.card: the model card's Hub metadata and contents, the sample grid (kept, reused or redrawn), and the
+training command it gives (which train.py reads back)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,21 +14,26 @@ import torch
 from PIL import Image
 
 import ddpm
-from ddpm.card import card_metadata, ensure_sample_grid, is_generated_card, model_card, write_model_card
+from ddpm.card import (
+    TRAIN_SETTINGS,
+    card_metadata,
+    ensure_sample_grid,
+    is_generated_card,
+    model_card,
+    training_command,
+    write_model_card,
+)
 from ddpm.checkpoint import CheckpointConfig, load_config, save_checkpoint
 from ddpm.model import UNet, preset_config
 from ddpm.schedule import ScheduleConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_hub import front_matter  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
 
 
 def unconditional_checkpoint(folder: Path, dataset: str = "mnist") -> Path:
@@ -139,6 +144,25 @@ def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path, 
     card = write_model_card(checkpoint).read_text()
     assert f"*{caption}*" in card and f"| recommended sampling | {said} |" in card
     assert 'images = pipe.sample(labels=["Horizontal"] * 4, seed=0)  # the recommended settings' in card
+
+
+def test_card_states_the_recommendation(interval_checkpoint: Path):
+    card = model_card(interval_checkpoint)
+    assert "| recommended sampling | DDIM, 50 steps · CFG 4 for t/T in 0.2..0.7 · fp32 |" in card
+
+
+def test_training_command_round_trips_through_train_py(run: Path):
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    command = training_command(run)
+    assert command.startswith("python train.py --dataset synthetic --preset tiny")
+    args = train.parse_args(command.split()[2:])
+    cfg, resume = train.config_from_args(args)
+    saved = json.loads((run / "train_config.json").read_text())
+    assert not resume
+    assert {k: getattr(cfg, k) for k in TRAIN_SETTINGS} == {k: saved[k] for k in TRAIN_SETTINGS}
+    assert cfg.out == saved["out"]
 
 
 def test_card_reproduce_commands_can_be_given(checkpoint):

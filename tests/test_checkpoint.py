@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import ddpm
 from ddpm.options import SamplerOptions
@@ -220,6 +221,13 @@ def test_weights_that_do_not_fit_the_config(saved, change):
         ddpm.load(folder)
 
 
+def test_weights_with_nan_or_inf_are_refused(nan_checkpoint: Path):
+    name = sorted(load_file(nan_checkpoint / "model.safetensors"))[1]  # the tensor nan_checkpoint broke
+    message = f"tensor {name!r} has 3 NaN / inf values; the weights are broken"
+    with pytest.raises(CheckpointError, match=re.escape(f"{nan_checkpoint / 'model.safetensors'}: {message}")):
+        ddpm.load(nan_checkpoint)
+
+
 def test_extra_and_missing_tensors(saved):
     folder, model = saved
     tensors = dict(model.state_dict())
@@ -261,6 +269,25 @@ def test_recommended_sampling_fills_in_the_defaults(saved):
         config_for(model, sampling={"cfg": 2.0, "comment": "not a setting"})
     with pytest.raises(CheckpointError, match="steps must be an integer in 1..500"):
         config_for(model, sampling={"steps": 501})
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("bad", [[0.7, 0.2], [0.1], [-0.1, 0.5], [0.1, 1.5], ["a", "b"], "0.1..0.5", [True, 1]])
+def test_a_bad_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path, with_sampling, bad):
+    folder = with_sampling(tiny_checkpoint, tmp_path / "bad", {"guidance_interval": bad})
+    with pytest.raises(CheckpointError, match=r"guidance_interval must be \(lo, hi\) with 0 <= lo <= hi <= 1"):
+        load_config(folder)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("bad", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 2.0], [1.0, "2", 3.0],
+                                 [1.0, True, 2.0], [1.0, float("nan"), 2.0], 2.0, []])
+def test_a_bad_per_class_recommendation_is_a_clear_checkpoint_error(tiny_checkpoint: Path, tmp_path: Path,
+                                                                       with_sampling, bad):
+    folder = with_sampling(tiny_checkpoint, tmp_path / "bad", {"class_cfg": bad})
+    with pytest.raises(CheckpointError, match=r'"sampling" is invalid: class_cfg (needs one guidance scale per class: '
+                                              r"3 classes|must be a sequence of finite guidance scales >= 0)"):
+        load_config(folder)
 
 
 def test_training_state_round_trip(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -38,6 +39,7 @@ def assert_same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_double_batch(tmp_path: Path) -> None:
     """One optimisation step with 2 ranks at batch b == 1 process at batch 2b on the same examples."""
     res = torchrun(str(WORKER), str(tmp_path / "ddp"), "4", "2")
@@ -73,6 +75,7 @@ def test_gradient_accumulation_equals_larger_batch(tmp_path: Path) -> None:
     assert cfg["training"]["global_batch_size"] == 8
 
 
+@pytest.mark.slow
 def test_train_py_under_torchrun_writes_one_checkpoint_and_learns(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ds = synthetic_dataset(n=64, size=8)
@@ -104,6 +107,7 @@ def test_train_py_under_torchrun_writes_one_checkpoint_and_learns(tmp_path: Path
     assert json.loads((out / "config.json").read_text())["training"]["steps"] == 70
 
 
+@pytest.mark.slow
 def test_a_failing_rank_brings_the_job_down(tmp_path: Path) -> None:
     res = torchrun(str(WORKER), str(tmp_path / "fail"), "4", "20", "1", "1", timeout=180)
     assert res.returncode != 0

@@ -209,6 +209,7 @@ def test_class_cfg_reaches_the_sampler_and_the_tables(tiny_checkpoint):
     assert "| ddim | 50 | per class: 1.5/2/2.5 | - |" in markdown_table(report)
 
 
+@pytest.mark.slow
 def test_cli_writes_table_and_json(tiny_checkpoint, tiny_classifier, tmp_path, capsys):
     out = tmp_path / "eval.json"
     code = main(["--checkpoint", str(tiny_checkpoint), "--classifier", str(tiny_classifier[0]), "--steps", "3",

@@ -1,10 +1,8 @@
-"""ddpm.export: a training run folder -> a shippable checkpoint folder; and the card's training command."""
+"""ddpm.export: a training run folder -> a shippable checkpoint folder (with the recommended sampling)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,24 +10,13 @@ import torch
 from safetensors import safe_open
 
 import ddpm
-from ddpm.card import TRAIN_SETTINGS, training_command
+from conftest import PER_CLASS
+from ddpm.card import model_card
+from ddpm.checkpoint import load_config
 from ddpm.export import export_checkpoint, main
 from ddpm.options import SamplerOptions
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def run(tiny_checkpoint: Path, tmp_path: Path) -> Path:
-    """A copy of a real training run's folder, with the files only training needs."""
-    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "run"))
-    (folder / "examples").mkdir(exist_ok=True)
-    (folder / "examples" / "0_Horizontal.png").write_bytes(b"\x89PNG fake")
-    (folder / "log.jsonl").write_text('{"step": 1}\n')
-    return folder
 
 
 def report() -> dict:
@@ -65,6 +52,7 @@ def test_export_writes_only_what_sampling_and_the_card_need(run: Path, tmp_path:
     assert not torch.equal(a, ddpm.load(run).sample(labels=[0, 1, 2], steps=10, cfg=2.5, seed=4))
 
 
+@pytest.mark.slow
 def test_export_records_the_command_that_made_these_weights(run: Path, tmp_path: Path):
     settings = json.loads((run / "train_config.json").read_text())
     settings["steps"] = 5000  # the run was started for 5000 steps and stopped (constant lr) at the checkpoint's step
@@ -80,20 +68,6 @@ def test_export_records_the_command_that_made_these_weights(run: Path, tmp_path:
     (run / "train_config.json").write_text(json.dumps(cooled))
     export_checkpoint(run, dst)
     assert json.loads((dst / "train_config.json").read_text())["steps"] == 5000
-
-
-def test_training_command_round_trips_through_train_py(run: Path):
-    sys.path.insert(0, str(ROOT))
-    import train
-
-    command = training_command(run)
-    assert command.startswith("python train.py --dataset synthetic --preset tiny")
-    args = train.parse_args(command.split()[2:])
-    cfg, resume = train.config_from_args(args)
-    saved = json.loads((run / "train_config.json").read_text())
-    assert not resume
-    assert {k: getattr(cfg, k) for k in TRAIN_SETTINGS} == {k: saved[k] for k in TRAIN_SETTINGS}
-    assert cfg.out == saved["out"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -123,6 +97,7 @@ def test_bad_sources_give_clear_errors(run: Path, tmp_path: Path):
         export_checkpoint(tmp_path, tmp_path / "ship")
 
 
+@pytest.mark.slow
 def test_cli(run: Path, tmp_path: Path, capsys):
     assert main([str(run), str(tmp_path / "ship"), "--steps", "30", "--cfg", "2", "--guidance-interval", "0.1", "0.9"]) == 0
     assert "model.safetensors (fp16" in capsys.readouterr().out
@@ -136,6 +111,7 @@ def test_cli(run: Path, tmp_path: Path, capsys):
     assert "steps must be an integer in 1..1000, got 5000" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_card_notes_are_given_on_the_command_line_and_not_inherited(run: Path, tmp_path: Path, capsys):
     notes = {"compute time": "6 h on 2 cores", "reproduce": "python train.py --out r\npython train.py --out r --resume"}
     (tmp_path / "notes.json").write_text(json.dumps(notes))
@@ -153,3 +129,17 @@ def test_card_notes_are_given_on_the_command_line_and_not_inherited(run: Path, t
         assert main([str(run), str(tmp_path / "other"), "--card-notes", str(tmp_path / bad)]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "other").exists()  # nothing written
+
+
+def test_export_writes_the_per_class_recommendation_and_the_card_states_it(tiny_checkpoint: Path, tmp_path: Path,
+                                                                           capsys):
+    dst = tmp_path / "exported"
+    assert main([str(tiny_checkpoint), str(dst), "--class-cfg", *map(str, PER_CLASS)]) == 0
+    sampling = json.loads((dst / "config.json").read_text())["sampling"]
+    assert sampling["class_cfg"] == PER_CLASS and sampling["cfg"] == load_config(tiny_checkpoint).sampling.cfg
+    card = model_card(dst)
+    assert "CFG per class (Horizontal 0.5, Vertical 3, Square 1.5)" in card  # SamplerOptions.describe
+
+    assert main([str(tiny_checkpoint), str(tmp_path / "two"), "--class-cfg", "1", "2"]) == 2
+    assert "class_cfg needs one guidance scale per class: 3 classes, got 2 scales" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()  # nothing half-written

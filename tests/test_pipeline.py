@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import ddpm
+from conftest import INTERVAL, PER_CLASS
+from ddpm.checkpoint import load_config
 from ddpm.samplers import Step
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_checkpoint) -> ddpm.Pipeline:
-    return ddpm.load(tiny_checkpoint)
 
 
 def test_load_describes_the_model(pipe, tiny_checkpoint):
@@ -171,3 +170,19 @@ def test_auto_precision_is_resolved_once_for_the_batch(recommending, monkeypatch
     recommending.sample(labels=[0] * 8, steps=2, precision="auto")  # 8 images x 2 halves = 16 rows: bf16
     recommending.sample(labels=[0] * 2, steps=2, precision="auto")  # 4 rows: fp32
     assert seen == ["bf16", "fp32"]
+
+
+# -- a checkpoint's recommended guidance interval and per-class scales (config.json "sampling") -------
+@pytest.mark.usefixtures("one_thread")
+def test_pipeline_exposes_the_recommendation(interval_checkpoint: Path, tiny_checkpoint: Path):
+    assert ddpm.load(interval_checkpoint).recommended.guidance_interval == INTERVAL
+    assert ddpm.load(tiny_checkpoint).recommended.guidance_interval is None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_recommended_scale_of_each_class(per_class: Path, tiny_checkpoint: Path):
+    rec = ddpm.load(per_class).recommended
+    assert [rec.cfg_for(c) for c in range(3)] == PER_CLASS
+    assert rec.cfg_for(None) == 2.0  # no class: the single scale
+    plain = load_config(tiny_checkpoint).sampling
+    assert plain.class_cfg is None and plain.cfg_for(1) == plain.cfg_for(None) == plain.cfg

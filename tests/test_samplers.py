@@ -27,6 +27,7 @@ from ddpm.samplers import (
     SamplerOptions,
     ddim_steps,
     dpmpp_2m_steps,
+    guided_at,
     guided_eps_fn,
     make_rngs,
     randn_per_image,
@@ -304,6 +305,14 @@ def test_guidance_interval(random_unet):
     t_out, t_in = torch.full((2,), 950), torch.full((2,), 500)
     torch.testing.assert_close(guided(x, t_out), plain(x, t_out))  # outside the interval: w = 1
     assert not torch.allclose(guided(x, t_in), plain(x, t_in))
+
+
+def test_guided_at_is_the_closed_interval_of_t_over_T_minus_1():
+    T = 1001  # t / (T - 1) = t / 1000
+    assert all(guided_at(t, T, None) for t in (0, 500, 1000))
+    inside = [t for t in range(T) if guided_at(t, T, (0.2, 0.8))]
+    assert inside[0] == 200 and inside[-1] == 800 and len(inside) == 601
+    assert [t for t in range(T) if guided_at(t, T, (0.0, 0.0))] == [0]
 
 
 def test_per_image_scales_guide_each_image_with_its_own_w(random_unet):

@@ -1,19 +1,23 @@
-"""ddpm.studio: labels, the controls' start, request checks, the guidance sweep and the forward-process helpers."""
+"""ddpm.studio: labels, the controls' start, request checks (with a recommended guidance interval), the guidance
+sweep and the forward-process helpers; and the page's label -> per-class scale script, run in Chromium."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import ddpm
+from conftest import INTERVAL, PER_CLASS
 from ddpm.device import AUTO_BF16_MIN_BATCH, bf16_supported
 from ddpm.images import to_uint8
 from ddpm.samplers import run_to_end, timesteps_for
 from ddpm.studio import (
     CFG_MAX,
+    CLASS_SCALE_JS,
     GUIDANCE_SCALES,
     SEED_MAX,
     Request,
@@ -28,14 +32,12 @@ from ddpm.studio import (
     q_sample_at,
     start_options,
 )
+from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
 
 GOOD = dict(label="1 · Vertical", cfg=3.0, steps=10, seed=0, n_images=4, sampler="ddim", eta=0.0, precision="fp32")
+GOOD_AT_W4 = dict(label="1 · Vertical", cfg=4.0, steps=10, seed=2, n_images=1, sampler="ddim", eta=0.0,
+                  precision="fp32")  # one image at the scale interval_checkpoint recommends
 BF16 = bf16_supported(torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_checkpoint):
-    return ddpm.load(tiny_checkpoint)
 
 
 def test_label_choices_and_parsing(pipe):
@@ -132,7 +134,7 @@ def test_auto_precision_goes_by_the_network_batch(pipe):
     ("sampler", "euler", r"unknown sampler 'euler'; choose one of ddpm, ddim"),
     ("sampler", None, r"unknown sampler None"),
     ("eta", 1.5, r"eta must be a number in 0\.\.1, got 1\.5"),
-    ("spacing", 0.5, r"spacing must be a number in 1\.\.4 \(1 = even steps, 2 = quadratic\), got 0\.5"),
+    ("spacing", 0.5, r"spacing must be a number in 1\.\.4, got 0\.5 \(1 = even steps, 2 = quadratic\)"),
     ("spacing", "quad", r"spacing must be a number in 1\.\.4, got 'quad'"),
     ("precision", "fp16", r"unknown precision 'fp16'; choose one of auto, fp32, bf16"),
     ("precision", None, r"unknown precision None; choose one of auto, fp32, bf16"),
@@ -185,6 +187,38 @@ def test_guidance_sweep_inside_the_recommended_interval(pipe):
         guidance_sweep(pipe, Request(ddpm.SamplerOptions(), None, 0, 1), (1.0,))
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_limit_guidance_runs_the_recommended_interval(interval_checkpoint: Path):
+    pipe = ddpm.load(interval_checkpoint)
+    limited = parse_request(pipe, **GOOD_AT_W4, limit_guidance=True)
+    full = parse_request(pipe, **GOOD_AT_W4, limit_guidance=False)
+    assert limited.options.guidance_interval == INTERVAL and full.options.guidance_interval is None
+    assert "CFG 4 for t/T in 0.2..0.7" in limited.describe()
+    a = pipe.sample(limited.labels(), seed=limited.seed, options=limited.options)
+    assert torch.equal(a, pipe.sample([1], seed=2, steps=10, cfg=4.0, guidance_interval=INTERVAL))
+    assert not torch.equal(a, pipe.sample(full.labels(), seed=full.seed, options=full.options))
+    with pytest.raises(ValueError, match="limit_guidance must be true or false, got 'yes'"):
+        parse_request(pipe, **GOOD_AT_W4, limit_guidance="yes")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_limit_guidance_has_no_effect_without_a_recommendation(tiny_checkpoint: Path):
+    assert parse_request(ddpm.load(tiny_checkpoint), **GOOD_AT_W4, limit_guidance=True).options.guidance_interval is None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_guidance_sweep_rows_match_single_runs_with_the_interval(interval_checkpoint: Path):
+    pipe = ddpm.load(interval_checkpoint)
+    run = parse_request(pipe, **GOOD_AT_W4, limit_guidance=True)
+    scales = (0.0, 1.0, 4.0)
+    rows = guidance_sweep(pipe, run, scales)
+    for j, w in enumerate(scales):
+        single = pipe.sample([1], seed=2, steps=10, cfg=w, guidance_interval=INTERVAL)  # the rest: the recommendation
+        assert np.abs(to_uint8(rows[j:j + 1]).astype(int) - to_uint8(single).astype(int)).max() <= 2
+    unlimited = guidance_sweep(pipe, parse_request(pipe, **GOOD_AT_W4), scales)
+    assert not torch.equal(rows[2], unlimited[2])
+
+
 def test_image_to_model_crops_resizes_and_converts():
     img = np.zeros((40, 60, 3), dtype=np.uint8)
     img[:, 10:50] = 255  # the centre 40x40 square is white; the side bands are black and cropped away
@@ -212,3 +246,35 @@ def test_forward_helpers(pipe):
             q_sample_at(pipe.schedule, x0, bad, eps)
     ts = log_snr_timesteps(pipe.schedule, 8)
     assert len(ts) == 8 and ts == sorted(set(ts)) and ts[0] == 0 and ts[-1] == pipe.T - 1
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_the_browser_reads_a_label_as_the_server_does(per_class: Path):
+    """CLASS_SCALE_JS, run in Chromium, picks the scale of the class studio.parse_label reads from each label."""
+    from playwright.sync_api import sync_playwright
+
+    pipe = ddpm.load(per_class)
+    rec = class_scales(pipe, pipe.recommended)
+    labels = [*label_choices(pipe), "Square", "vertical", " 2 ", "1", "0 · anything", "no such class", "7", "-1", "",
+              None]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            got = page.evaluate(f"([labels, rec]) => labels.map(l => ({CLASS_SCALE_JS})(l, rec, -1))", [labels, rec])
+            unconditional = page.evaluate(f"() => ({CLASS_SCALE_JS})('1', null, 2.5)")
+        finally:
+            browser.close()
+
+    def server(label):
+        try:
+            return PER_CLASS[parse_label(pipe, label)]
+        except ValueError:
+            return -1  # not a class: the slider keeps its value
+
+    assert got == [server(label) for label in labels]
+    assert got[:3] == PER_CLASS and got.count(-1) == 5
+    assert unconditional == 2.5

@@ -1,4 +1,5 @@
-"""python -m ddpm.sample on the tiny checkpoint: grid PNG, raw .npz, the trajectory GIF, and one-line errors."""
+"""python -m ddpm.sample on the tiny checkpoint: grid PNG, raw .npz, the trajectory GIF, one-line errors, and the
+checkpoint's recommended settings (a guidance interval, per-class scales) unless flags say otherwise."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 import ddpm
+from conftest import INTERVAL, PER_CLASS
 from ddpm.frames import GAP
 from ddpm.images import to_uint8
 from ddpm.sample import main
@@ -32,6 +34,7 @@ def grid_side(n: int, pad: int = 2) -> int:
     return n * TINY + (n + 1) * pad
 
 
+@pytest.mark.slow
 def test_grid_of_every_class(tiny_checkpoint, tmp_path):
     out = tmp_path / "grid.png"
     r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "all", "--n", "2", "--steps", "5", "--scale", "1",
@@ -43,6 +46,7 @@ def test_grid_of_every_class(tiny_checkpoint, tmp_path):
     assert img.mode == "L"
 
 
+@pytest.mark.slow
 def test_npz_and_gif_match_the_python_api(tiny_checkpoint, tmp_path):
     npz, gif = tmp_path / "s.npz", tmp_path / "t.gif"
     r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "vertical", "--n", "3", "--sampler", "ddpm",
@@ -61,6 +65,7 @@ def test_npz_and_gif_match_the_python_api(tiny_checkpoint, tmp_path):
         assert anim.size == ((2 * side + GAP) * 2, side * 2)  # x_t | x0_pred, default scale 2
 
 
+@pytest.mark.slow
 def test_redraws_give_what_the_python_api_gives(tiny_checkpoint, tmp_path):
     pipe = ddpm.load(tiny_checkpoint)
     kw = dict(steps=5, cfg=1.0, sampler="ddim")
@@ -76,6 +81,7 @@ def test_redraws_give_what_the_python_api_gives(tiny_checkpoint, tmp_path):
     assert np.abs(got - expected).max() <= 2 and np.abs(got - plain).max() > 2
 
 
+@pytest.mark.slow
 def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
     r = run_cli("--checkpoint", str(tiny_checkpoint), "--label", "Sneaker", "--out", str(tmp_path / "x.png"))
     assert r.returncode == 2
@@ -183,3 +189,64 @@ def test_unconditional_checkpoint_refuses_label(tmp_path, capsys):
     data = np.load(tmp_path / "u.npz")
     assert data["images"].shape == (3, 8, 8, 1) and data["labels"].tolist() == [-1, -1, -1]
     assert "class_names" not in data
+
+
+# -- a checkpoint's recommended guidance interval and per-class scales ----------------------------------
+@pytest.mark.usefixtures("one_thread")
+def test_sample_cli_uses_the_recommendation_unless_told_otherwise(interval_checkpoint: Path, tmp_path: Path):
+    def images(*flags: str) -> np.ndarray:
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        assert main(["--checkpoint", str(interval_checkpoint), "--label", "1", "--n", "1", "--steps", "10",
+                     "--seed", "2", "--out", str(out), *flags]) == 0
+        return np.load(out)["images"]
+
+    pipe = ddpm.load(interval_checkpoint)
+    expect = lambda **kw: to_uint8(pipe.sample([1], seed=2, steps=10, **kw))  # noqa: E731
+    assert np.array_equal(images(), expect(guidance_interval=INTERVAL))
+    assert np.array_equal(images("--full-guidance"), expect(guidance_interval=None))
+    assert np.array_equal(images("--guidance-interval", "0", "0.5"), expect(guidance_interval=(0.0, 0.5)))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sample_cli_guides_each_class_at_its_scale_unless_told_otherwise(per_class: Path, tmp_path: Path, capsys):
+    def images(*flags: str) -> np.ndarray:
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        assert main(["--checkpoint", str(per_class), "--label", "all", "--n", "2", "--steps", "8",
+                     "--seed", "4", "--out", str(out), *flags]) == 0
+        return np.load(out)["images"]
+
+    pipe = ddpm.load(per_class)
+    labels = [0, 0, 1, 1, 2, 2]
+    per_image = to_uint8(pipe.sample(labels, seed=4, steps=8, class_cfg=PER_CLASS))
+    assert np.array_equal(images(), per_image)
+    for c, w in enumerate(PER_CLASS):  # the same as running each class alone at its own scale
+        alone = to_uint8(pipe.sample([c, c], seed=4 + 2 * c, steps=8, cfg=w))
+        assert np.array_equal(per_image[2 * c:2 * c + 2], alone)
+    uniform = images("--cfg", "2")
+    assert np.array_equal(uniform, to_uint8(pipe.sample(labels, seed=4, steps=8, cfg=2.0)))
+    assert not np.array_equal(uniform, per_image)
+    assert np.array_equal(images("--class-cfg", "2", "2", "2"), uniform)
+    out = tmp_path / "both.npz"
+    assert main(["--checkpoint", str(per_class), "--cfg", "2", "--class-cfg", "1", "2", "3",
+                 "--out", str(out)]) == 2
+    assert "give --cfg or --class-cfg, not both" in capsys.readouterr().err
+
+
+def test_bounded_batches_give_the_images_of_one_batch(tiny_checkpoint, tmp_path, capsys):
+    """--batch-size splits the run (memory flat in --n); image i keeps its seed, so the images are the same up to
+    float rounding between batch sizes; a GIF animates one batch only and says so."""
+    def images(*flags: str) -> np.ndarray:
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        assert main(["--checkpoint", str(tiny_checkpoint), "--label", "all", "--n", "3", "--steps", "4", "--seed", "2",
+                     "--out", str(out), *flags]) == 0
+        return np.load(out)
+
+    whole, split = images("--batch-size", "9"), images("--batch-size", "2")
+    assert split["labels"].tolist() == whole["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert split["seeds"].tolist() == list(range(2, 11))
+    assert np.abs(split["images"].astype(int) - whole["images"].astype(int)).max() <= 2
+    assert main(["--checkpoint", str(tiny_checkpoint), "--n", "3", "--batch-size", "2", "--out",
+                 str(tmp_path / "g.png"), "--gif", str(tmp_path / "g.gif")]) == 2
+    assert "--gif animates one batch: 9 images need --batch-size 9 or more" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tiny_checkpoint), "--batch-size", "0", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--batch-size must be in 1..10000, got 0" in capsys.readouterr().err
