@@ -92,6 +92,7 @@ def interval_box(demo: gr.Blocks) -> gr.Checkbox:
     return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "interval")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_the_app_moves_the_cfg_slider_to_the_chosen_class(per_class: Path, tiny_checkpoint: Path, tmp_path: Path):
     def slider(demo: gr.Blocks) -> gr.Slider:

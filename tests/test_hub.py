@@ -106,6 +106,7 @@ def test_missing_local_folder_is_not_sent_to_the_hub():
 
 
 # -- push and pull -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_push_then_pull_into_a_fresh_cache_gives_the_same_model(checkpoint, hub, tmp_path):
     (checkpoint / "evaluation.json").write_text(json.dumps({"accuracy": 0.5}))
     url = push(checkpoint, "user/tiny", hub)
@@ -158,6 +159,7 @@ def test_wrong_repo_id_gives_a_clear_error(hub, tmp_path):
 
 
 # -- offline -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_server_stopped_warm_cache_works_cold_cache_fails_fast(checkpoint, hub, tmp_path):
     push(checkpoint, "user/tiny", hub)
     commit = hub.repo("user/tiny").branches["main"]
@@ -423,6 +425,7 @@ def test_push_errors_are_clear(checkpoint, hub, tmp_path):
     assert not hub.repos
 
 
+@pytest.mark.slow
 def test_a_hand_written_card_is_pushed_as_it_is(checkpoint, hub):
     (checkpoint / "README.md").write_text("---\nlicense: apache-2.0\n---\n# My own card\n")
     push(checkpoint, "user/tiny", hub)
@@ -440,6 +443,7 @@ def test_push_checkpoint_only_moves_files(checkpoint, hub):
     assert set(hub.files("user/bare")) == {"config.json", "model.safetensors", ".gitattributes"} | examples(checkpoint)
 
 
+@pytest.mark.slow
 def test_the_push_command_writes_the_card_first(checkpoint, hub, monkeypatch, capsys):
     from ddpm.hub.__main__ import main
 
@@ -451,6 +455,7 @@ def test_the_push_command_writes_the_card_first(checkpoint, hub, monkeypatch, ca
     assert 'ddpm.load("user/cli")' in card and "pushed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_pushed_card_keeps_the_hand_given_rows(checkpoint, hub):
     from ddpm.card import write_model_card
 

@@ -26,6 +26,7 @@ def _has_color(arr: np.ndarray, hex_color: str, min_pixels: int = 50) -> bool:
     return int((np.abs(arr[..., :3].astype(int) - rgb).sum(-1) < 30).sum()) >= min_pixels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_schedule_plot_draws_both_schedules_and_the_marker(name):
     plain = np.asarray(schedule_plot(ScheduleConfig(name=name), width_px=600))

@@ -207,6 +207,7 @@ def test_sample_cli_uses_the_recommendation_unless_told_otherwise(interval_check
     assert np.array_equal(images("--guidance-interval", "0", "0.5"), expect(guidance_interval=(0.0, 0.5)))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_sample_cli_guides_each_class_at_its_scale_unless_told_otherwise(per_class: Path, tmp_path: Path, capsys):
     def images(*flags: str) -> np.ndarray:

@@ -75,6 +75,7 @@ def test_resume_gives_the_same_weights(tmp_path, synthetic_dataset, tiny_train_c
     assert [r["step"] for r in read_log(split)] == [5, 10, 15, 20]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_dataset, tiny_train_config_factory,
                                                            monkeypatch):
     real_loss, calls = training.diffusion_loss, []
