@@ -126,8 +126,7 @@ class Pipeline:
         if not opts.redraws or y is None:
             return steps
         return redraw_steps(self.model, self.schedule, steps, seeds=[seed + i for i in range(count)], labels=y,
-                            options=opts,
-                            num_classes=self.config.model.num_classes, image_shape=self.image_shape,
+                            options=opts, num_classes=self.config.model.num_classes, image_shape=self.image_shape,
                             device=self.device)
 
     def sample(self, labels: Sequence[Label] | None = None, **kwargs) -> torch.Tensor:
