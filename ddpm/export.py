@@ -28,7 +28,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .card import EVALUATION_NAME, NOTES_NAME, read_card_notes, write_model_card, write_sample_grid
+from .card import NOTES_NAME, read_card_notes, write_model_card, write_sample_grid
+from .card_data import EVALUATION_NAME
 from .checkpoint import CONFIG_NAME, WEIGHT_DTYPES, WEIGHTS_NAME, load_config, load_model, save_config, save_weights
 from .options import SamplerOptions, add_arguments, from_args
 from .train_config import TRAIN_CONFIG_NAME

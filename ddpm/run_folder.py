@@ -29,7 +29,7 @@ from .checkpoint import (
 )
 from .data import ImageDataset, load_dataset, save_examples
 from .device import hardware_description
-from .hub import resolve_checkpoint
+from .hub import looks_like_hub_id, parse_hub_id, resolve_checkpoint
 from .images import save_grid
 from .model import ModelConfig, UNet
 from .options import SamplerOptions
@@ -107,8 +107,10 @@ def load_initial_weights(model: nn.Module, source: str, ckpt_cfg: CheckpointConf
 
     The source must describe the same network and noise schedule as this run (ValueError otherwise). Returns what
     the new run's config.json records about it: {"source", "steps", "images_seen", "wall_time_s"} (the source's own
-    totals, including those of a run it was itself started from).
+    totals, including those of a run it was itself started from), plus "hub_id" ("user/repo[@revision]") when the
+    source was downloaded from the Hub rather than read from a folder (the model card's base_model).
     """
+    hub_id = str(parse_hub_id(source)) if looks_like_hub_id(source) else None  # what resolve_checkpoint downloads
     folder = resolve_checkpoint(source)
     src = load_config(folder)
     if src.model != ckpt_cfg.model:
@@ -130,7 +132,7 @@ def load_initial_weights(model: nn.Module, source: str, ckpt_cfg: CheckpointConf
         return (tr.get(key) or 0) + (before.get(key) or 0) if tr.get(key) is not None else None
 
     return {"source": str(source), "steps": total("steps"), "images_seen": total("images_seen"),
-            "wall_time_s": total("wall_time_s")}
+            "wall_time_s": total("wall_time_s"), **({"hub_id": hub_id} if hub_id else {})}
 
 
 def write_examples(cfg: TrainConfig, train_data: ImageDataset, folder: Path) -> None:

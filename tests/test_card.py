@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 
 import ddpm
+from ddpm import card_data
 from ddpm.card import (
+    MARKER,
     TRAIN_SETTINGS,
     card_metadata,
     ensure_sample_grid,
@@ -23,7 +26,8 @@ from ddpm.card import (
     training_command,
     write_model_card,
 )
-from ddpm.checkpoint import CheckpointConfig, load_config, save_checkpoint
+from ddpm.checkpoint import CheckpointConfig, load_config, save_checkpoint, save_config
+from ddpm.evaluate import markdown_table
 from ddpm.model import UNet, preset_config
 from ddpm.schedule import ScheduleConfig
 
@@ -45,14 +49,122 @@ def unconditional_checkpoint(folder: Path, dataset: str = "mnist") -> Path:
 
 
 def test_metadata_for_conditional_and_unconditional_models(checkpoint, tmp_path):
-    meta = card_metadata(load_config(checkpoint))
-    assert meta == {"license": "mit", "library_name": "ddpm-studio",
+    """The Hub has no class-conditional task: both kinds get the unconditional-image-generation pipeline tag (the
+    closest; ddpm/card_data.py says why) and a tag saying which kind they are."""
+    meta = card_metadata(load_config(checkpoint)).to_dict()
+    assert meta == {"license": "mit", "library_name": "ddpm-studio", "pipeline_tag": "unconditional-image-generation",
                     "tags": ["ddpm", "diffusion", "class-conditional-image-generation"]}  # "synthetic": no Hub dataset
     folder = unconditional_checkpoint(tmp_path / "uncond")
-    meta = card_metadata(load_config(folder), license="apache-2.0")
+    meta = card_metadata(load_config(folder), license="apache-2.0").to_dict()
     assert meta["tags"] == ["ddpm", "diffusion", "unconditional-image-generation"]
     assert meta["pipeline_tag"] == "unconditional-image-generation"
     assert meta["datasets"] == ["ylecun/mnist"] and meta["license"] == "apache-2.0"
+
+
+def test_the_card_parses_with_huggingface_hub(tmp_path):
+    """The Hub reads the card with huggingface_hub's ModelCard: the written README.md loads, and its data carries
+    what the Hub lists the model by."""
+    folder = unconditional_checkpoint(tmp_path / "uncond")
+    path = write_model_card(folder, extra={"repo_id": "user/digits", "license": "apache-2.0"})
+    card = ModelCard.load(path)
+    assert card.data.license == "apache-2.0" and card.data.library_name == "ddpm-studio"
+    assert card.data.tags == ["ddpm", "diffusion", "unconditional-image-generation"]
+    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.datasets == ["ylecun/mnist"]
+    assert card.data.base_model is None and card.data.eval_results is None  # no init_from, no evaluation.json
+    assert ModelCard(path.read_text()).data.to_dict() == card.data.to_dict()
+    assert "# DDPM on MNIST" in card.text and MARKER in card.text  # the body follows the front matter
+
+
+def evaluation_report(sampling: dict, *, steps: int) -> dict:
+    """A `python -m ddpm.evaluate --json` report with a row at `sampling` between two rows at other settings."""
+    def row(accuracy: float, fd: float, **settings) -> dict:
+        return {"sampler": "ddim", "steps": 50, "cfg": 3.0, "eta": 0.0, "guidance_interval": None, "spacing": 1.0,
+                **settings, "precision": "bf16", "n": 60, "accuracy": accuracy,
+                "per_class_accuracy": {"Horizontal": accuracy}, "fd": fd, "fd_over_floor": fd / 0.125,
+                "nn_to_train": 3.5, "nn_over_test": 1.0625, "copies": 0.0167, "seconds": 12.0}
+
+    return {"checkpoint": "ckpt", "checkpoint_steps": steps, "classifier": "clf", "classifier_test_accuracy": 0.9,
+            "dataset": "synthetic", "n_per_class": 20, "seed": 0,
+            "reference": {"n": 60, "fd_train_floor": 0.125, "fd_noise_ceiling": 99.0, "accuracy_train_subset": 0.95,
+                          "nn_test_to_train": 3.3, "copies_test": 0.0, "test_images": 60, "train_images": 256},
+            "results": [row(0.5, 2.0, cfg=0.0), row(0.9375, 0.4375, **sampling), row(1.0, 9.0, cfg=8.0)]}
+
+
+def test_model_index_holds_the_evaluation_at_the_recommended_settings(checkpoint):
+    """evaluation.json's row at the recommended settings (evaluated in bf16, recommended in fp32) becomes the
+    model-index, which huggingface_hub reads back as EvalResults with the report's numbers."""
+    config = load_config(checkpoint)
+    report = evaluation_report(config.sampling.to_dict(), steps=config.training["steps"])
+    (checkpoint / "evaluation.json").write_text(json.dumps(report))
+    card = ModelCard.load(write_model_card(checkpoint, extra={"repo_id": "user/tiny"}))
+    row, floor = report["results"][1], report["reference"]["fd_train_floor"]
+    assert card.data.model_name == "user/tiny"
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert {k: r.metric_value for k, r in results.items()} == {
+        "accuracy": row["accuracy"], "frechet-distance": row["fd"], "frechet-distance-floor": floor,
+        "frechet-distance-over-floor": row["fd"] / floor, "nearest-neighbour-ratio": row["nn_over_test"],
+        "near-copies": row["copies"]}  # all exact in 4 decimals
+    accuracy = results["accuracy"]
+    assert accuracy.task_type == "unconditional-image-generation" and accuracy.task_name.startswith("Class-cond")
+    assert accuracy.dataset_type == accuracy.dataset_name == "synthetic" and "N = 60" in accuracy.metric_name
+    assert accuracy.dataset_split is None  # no Hub dataset, no split to name
+    assert "not FID" in results["frechet-distance"].metric_name
+    assert markdown_table(report) in card.text  # the body keeps every row
+
+    report["results"].pop(1)  # no row at the recommended settings: no model-index, the table stays
+    (checkpoint / "evaluation.json").write_text(json.dumps(report))
+    card = ModelCard(model_card(checkpoint))
+    assert card.data.eval_results is None and "model-index" not in front_matter(card.content)
+    assert "## Evaluation" in card.text
+
+
+def test_an_evaluation_of_other_weights_stays_out_of_the_model_index(checkpoint):
+    config = load_config(checkpoint)
+    report = evaluation_report(config.sampling.to_dict(), steps=config.training["steps"] - 50)
+    (checkpoint / "evaluation.json").write_text(json.dumps(report))
+    card = ModelCard(model_card(checkpoint))
+    assert card.data.eval_results is None and "Measured on the checkpoint at step" in card.text
+
+
+def test_base_model_names_the_hub_repo_a_run_started_from(checkpoint):
+    """--init-from USER/REPO records the Hub id (ddpm.run_folder); a folder, even one named like a repo id, is no
+    base model."""
+    config = load_config(checkpoint)
+    init = {"source": "someone/base@v2", "hub_id": "someone/base@v2", "steps": 200, "images_seen": 6400,
+            "wall_time_s": 60.0}
+    save_config(checkpoint, dataclasses.replace(config, training={**config.training, "init_from": init}))
+    card = ModelCard(model_card(checkpoint))
+    assert card.data.base_model == "someone/base" == front_matter(card.content)["base_model"]
+    local = {k: v for k, v in init.items() if k != "hub_id"} | {"source": "checkpoints/base"}
+    save_config(checkpoint, dataclasses.replace(config, training={**config.training, "init_from": local}))
+    card = ModelCard(model_card(checkpoint))
+    assert card.data.base_model is None and "base_model" not in front_matter(card.content)
+
+
+def test_the_usage_snippet_says_how_to_install(checkpoint, monkeypatch):
+    text = model_card(checkpoint, extra={"repo_id": "user/tiny"})
+    use = text.split("## Use it")[1].split("## Model")[0]
+    assert "```bash\npip install ddpm-studio  # the library, imported as ddpm\n```" in use  # no public URL recorded
+    assert use.index("pip install") < use.index('ddpm.load("user/tiny")')
+    monkeypatch.setattr("ddpm.card.source_url", lambda: "https://example.org/ddpm-studio")
+    use = model_card(checkpoint).split("## Use it")[1]
+    assert 'pip install "ddpm-studio @ git+https://example.org/ddpm-studio"' in use
+    assert "Source: [https://example.org/ddpm-studio](https://example.org/ddpm-studio)." in use
+
+
+def test_the_source_url_comes_from_the_packages_project_urls(monkeypatch):
+    class Metadata:
+        def get_all(self, name: str) -> list[str]:
+            return {"Project-URL": ["Documentation, https://docs.example.org", "Source, https://example.org/src"]}[name]
+
+    monkeypatch.setattr(card_data.importlib.metadata, "metadata", lambda name: Metadata())
+    assert card_data.source_url() == "https://example.org/src"
+
+    def missing(name: str) -> None:
+        raise card_data.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(card_data.importlib.metadata, "metadata", missing)
+    assert card_data.source_url() is None
 
 
 def test_card_shows_training_facts_settings_grid_and_usage(checkpoint):

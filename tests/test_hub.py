@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import SpaceCard, snapshot_download
 from PIL import Image
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
@@ -33,9 +34,11 @@ from ddpm.hub import (
     deploy_space,
     parse_hub_id,
     pinned_version,
+    preload_entry,
     push_checkpoint,
     resolve_checkpoint,
     space_files,
+    space_requirements,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -570,7 +573,10 @@ def test_deploy_space_uploads_exactly_the_space_files(checkpoint, hub, tmp_path)
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["python_version"] == "3.11"
     assert meta["sdk_version"] == pinned_version((ROOT / "requirements.txt").read_text(), "gradio")
     assert meta["models"] == ["user/tiny"] and meta["colorFrom"] and meta["colorTo"] and meta["title"] and meta["emoji"]
-    assert space.sdk == "gradio" and space.variables["DDPM_HUB_REPO"]["value"] == "user/tiny@v1"
+    commit = hub.repo("user/tiny").branches["v1"]  # the branch given is pinned to its commit
+    assert meta["preload_from_hub"][0].endswith(f" {commit}")
+    assert space.sdk == "gradio" and space.variables["DDPM_HUB_REPO"]["value"] == f"user/tiny@{commit}"
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in files["requirements.txt"].decode()
     assert_no_token(run.stdout, run.stderr, *files.values())
 
     # a second deploy makes the tree exact again: files gone locally are deleted from the Space
@@ -585,9 +591,72 @@ def test_deploy_space_checks_its_inputs(checkpoint, hub, tmp_path):
     root = fake_project(tmp_path / "project", checkpoint)
     with pytest.raises(HubError, match="the Hub has no model 'user/missing'"):
         deploy_space("user/studio", model="user/missing", root=root, endpoint=hub.url, token=TOKEN)
+    hub.add_commit("user/pickles", {"README.md": b"# card\n", "pytorch_model.bin": b"pickle"})
+    with pytest.raises(HubError, match="'user/pickles' is not a ddpm-studio checkpoint on the Hub"):
+        deploy_space("user/studio", model="user/pickles", root=root, endpoint=hub.url, token=TOKEN)
     (root / "app.py").unlink()
     with pytest.raises(ValueError, match="app.py' not found"):
         deploy_space("user/studio", model="user/tiny", root=root, endpoint=hub.url, token=TOKEN)
     with pytest.raises(ValueError, match="pins no gradio version"):
         pinned_version("torch==2.0\ngradio>=6\n", "gradio")
     assert ("space", "user/studio") not in hub.repos
+
+
+def test_the_deployed_space_preloads_the_pinned_model_and_starts_from_the_cache(checkpoint, hub, tmp_path):
+    """deploy-space pins the model to its commit: the README (read with huggingface_hub's SpaceCard) preloads that
+    commit's checkpoint files, and the app's DDPM_HUB_REPO then resolves from the cache with no request to the Hub."""
+    model = {p.relative_to(checkpoint).as_posix(): p.read_bytes() for p in checkpoint.rglob("*")
+             if p.is_file() and (p.name in ("config.json", "model.safetensors") or "examples" in p.parts)}
+    assert any(name.startswith("examples/") for name in model)
+    commit = hub.add_commit("user/tiny", {**model, "README.md": b"# card\n", "notes.txt": b"not preloaded"})
+    root = fake_project(tmp_path / "project", checkpoint)
+    deploy_space("user/studio", model="user/tiny", root=root, endpoint=hub.url, token=TOKEN)
+    files = hub.files("user/studio", repo_type="space")
+    card = SpaceCard(files["README.md"].decode())
+    assert card.data.sdk == "gradio" and card.data.models == ["user/tiny"]
+    assert card.data.tags == ["diffusion", "ddpm", "image-generation", "education", "gradio"]
+    assert card.data.get("suggested_hardware") == "cpu-basic"
+    preload = sorted([*model, "README.md"])
+    assert card.data.get("preload_from_hub") == [f"user/tiny {','.join(preload)} {commit}"]
+    variable = hub.repo("user/studio", "space").variables["DDPM_HUB_REPO"]["value"]
+    assert variable == f"user/tiny@{commit}"
+
+    # the Space's build: "repo_id files commit" downloaded into the Hugging Face cache (HF_HOME of the Space)
+    repo_id, names, revision = card.data.get("preload_from_hub")[0].split(" ")
+    cache = tmp_path / "space-cache"
+    snapshot_download(repo_id, revision=revision, allow_patterns=names.split(","), cache_dir=cache, endpoint=hub.url)
+    hub.add_commit("user/tiny", {"config.json": b"{}"})  # a later push does not change what the Space shows
+    before = len(hub.requests)
+    folder = resolve_checkpoint(variable, endpoint=hub.url, cache_dir=cache, timeout=5)  # what app.py's load runs
+    assert len(hub.requests) == before and folder.name == commit
+    assert load_config(folder) == load_config(checkpoint)
+
+
+def test_the_spaces_requirements_use_cpu_only_torch():
+    """The Space installs PyTorch's CPU-only wheels (not install-tested here: no route to that index)."""
+    project = (ROOT / "requirements.txt").read_text()
+    text = space_requirements(project)
+    lines = text.splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    assert lines.index("--extra-index-url https://download.pytorch.org/whl/cpu") < lines.index(
+        f"torch=={pinned_version(project, 'torch')}+cpu")
+    assert pinned_version(text, "torch") == pinned_version(project, "torch") + "+cpu"
+    assert pinned_version(text, "torchvision") == pinned_version(project, "torchvision") + "+cpu"
+    for package in ("gradio", "huggingface_hub", "numpy"):  # everything else as pinned
+        assert pinned_version(text, package) == pinned_version(project, package)
+    assert space_requirements("torch == 2.3.0  # the network\npillow==10.0\n").splitlines()[-2:] == [
+        "torch == 2.3.0+cpu  # the network", "pillow==10.0"]
+    with pytest.raises(ValueError, match="pins no torch version"):
+        space_requirements("torch>=2\n")
+
+
+def test_preload_entries_name_files_and_a_commit():
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert preload_entry("user/tiny") == "user/tiny"
+    assert preload_entry(f"user/tiny@{commit}", ["config.json", "model.safetensors"]) == (
+        f"user/tiny config.json,model.safetensors {commit}")
+    with pytest.raises(ValueError, match="pins a commit, not a branch or tag"):
+        preload_entry("user/tiny@v1", ["config.json"])
+    with pytest.raises(ValueError, match="names its files"):
+        preload_entry(f"user/tiny@{commit}")
+

@@ -111,6 +111,26 @@ def test_init_from_is_recorded_and_survives_resume_and_chaining(tmp_path, synthe
     assert chained["steps"] == 108 and chained["images_seen"] == src["images_seen"] + 8 * 16
 
 
+def test_init_from_a_hub_id_records_it_for_the_model_cards_base_model(tiny_checkpoint, monkeypatch):
+    """A source downloaded from the Hub is recorded as hub_id (the card's base_model); a folder gets none, even one
+    whose path reads like a repo id."""
+    from ddpm import run_folder
+    from ddpm.checkpoint import load_config
+    from ddpm.hub import parse_hub_id
+
+    config = load_config(tiny_checkpoint)
+    asked = []
+    monkeypatch.setattr(run_folder, "resolve_checkpoint", lambda source: asked.append(source) or tiny_checkpoint)
+    record = run_folder.load_initial_weights(UNet(config.model), "someone/base@v2", config)
+    assert asked == ["someone/base@v2"] and record["hub_id"] == "someone/base@v2"
+    assert record["source"] == "someone/base@v2" and record["steps"] == config.training["steps"]
+    monkeypatch.chdir(tiny_checkpoint.parent.parent)
+    folder = f"{tiny_checkpoint.parent.name}/{tiny_checkpoint.name}"  # a folder whose path has a repo id's form
+    assert parse_hub_id(folder)
+    local = run_folder.load_initial_weights(UNet(config.model), folder, config)
+    assert "hub_id" not in local and local["source"] == folder and asked[-1] == folder
+
+
 def test_init_from_a_different_network_or_schedule_is_refused(tmp_path, synthetic_dataset, tiny_train_config_factory,
                                                               tiny_checkpoint):
     with pytest.raises(ValueError, match="network .* differs .* --preset"):

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 
 import ddpm
 from ddpm.card import write_model_card
+from ddpm.checkpoint import load_config
 from ddpm.classifier import load_classifier, load_split, predict
 from ddpm.evaluate import check_compatible, default_classifier, markdown_table, row_options
 from ddpm.metrics import to_uint8_images
@@ -87,5 +89,10 @@ def test_the_card_regenerates_from_the_folder(shipped, tmp_path):
     front, body = card.removeprefix("---\n").split("\n---\n", 1)
     meta = yaml.safe_load(front)
     assert meta["library_name"] == "ddpm-studio" and "class-conditional-image-generation" in meta["tags"]
+    assert ModelCard.load(folder / "README.md").data.to_dict() == ModelCard(card).data.to_dict()  # shipped = today's
     if (folder / "evaluation.json").is_file():
-        assert markdown_table(json.loads((folder / "evaluation.json").read_text())) in body
+        report = json.loads((folder / "evaluation.json").read_text())
+        assert markdown_table(report) in body
+        results = {r.metric_type: r.metric_value for r in ModelCard(card).data.eval_results}
+        row = next(r for r in report["results"] if row_options(r).replace(precision="fp32") == load_config(folder).sampling)
+        assert results["accuracy"] == round(row["accuracy"], 4) and results["frechet-distance"] == round(row["fd"], 4)

@@ -6,7 +6,7 @@ the folder: ddpm.export, train.py, or the `python -m ddpm.hub push` command, ddp
     resolve_checkpoint("checkpoints/fashion-mnist")         # a local folder, as is
     resolve_checkpoint("user/ddpm-fashion@v1")              # downloaded into the huggingface_hub cache, verified
     push_checkpoint("checkpoints/fashion-mnist", "user/ddpm-fashion")
-    deploy_space("user/ddpm-studio", model="user/ddpm-fashion")
+    deploy_space("user/ddpm-studio", model="user/ddpm-fashion")  # pinned to its commit, preloaded at build time
 
     python -m ddpm.hub pull user/ddpm-fashion[@REV]
     python -m ddpm.hub push checkpoints/fashion-mnist user/ddpm-fashion [--private] [--revision BRANCH]
@@ -50,20 +50,26 @@ from .download import (
 from .upload import (
     EMBEDDED_CHECKPOINT,
     PROJECT_ROOT,
+    SPACE_HARDWARE,
     SPACE_MODEL_VARIABLE,
+    SPACE_TAGS,
     SPACE_TITLE,
+    TORCH_CPU_INDEX,
     check_push_target,
     deploy_space,
     pinned_version,
+    preload_entry,
     push_checkpoint,
     space_files,
     space_readme,
+    space_requirements,
 )
 
 __all__ = [
     "CHECKPOINT_FILES", "COMMIT", "DEFAULT_TIMEOUT_S", "EMBEDDED_CHECKPOINT", "MAX_CARD_FILES_BYTES",
     "MAX_CONFIG_BYTES", "MAX_HUB_PARAMETERS", "PICKLE_SUFFIXES", "PROJECT_ROOT", "PUSH_FILES", "REPO_ID",
-    "SAFETENSORS_HEADER_BYTES", "SPACE_MODEL_VARIABLE", "SPACE_TITLE", "HubError", "HubFile", "HubId",
-    "check_push_target", "default_timeout", "deploy_space", "download_checkpoint", "looks_like_hub_id",
-    "parse_hub_id", "pinned_version", "push_checkpoint", "resolve_checkpoint", "space_files", "space_readme",
+    "SAFETENSORS_HEADER_BYTES", "SPACE_HARDWARE", "SPACE_MODEL_VARIABLE", "SPACE_TAGS", "SPACE_TITLE",
+    "TORCH_CPU_INDEX", "HubError", "HubFile", "HubId", "check_push_target", "default_timeout", "deploy_space",
+    "download_checkpoint", "looks_like_hub_id", "parse_hub_id", "pinned_version", "preload_entry", "push_checkpoint",
+    "resolve_checkpoint", "space_files", "space_readme", "space_requirements",
 ]
