@@ -88,3 +88,95 @@ def save_mp4(frames: Sequence[Image.Image], path: str | Path, *, fps: float = 12
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+def _open(source: ImageLike, what: str) -> Image.Image:
+    """A PIL image from a path, a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4); ValueError if unreadable."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"{what} as an array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {source.dtype} "
+                             f"{source.shape}")
+        return Image.fromarray(source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source)
+    if isinstance(source, (str, Path)):
+        try:
+            with Image.open(source) as img:
+                img.load()
+                return img
+        except FileNotFoundError:
+            raise ValueError(f"{what} {str(source)!r} does not exist") from None
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"{what} {str(source)!r} is not a readable image (PNG, JPEG, WebP, ...): {e}") from None
+    raise ValueError(f"{what} must be a file path, a PIL image or a uint8 array, got {type(source).__name__}")
+
+
+def _square(img: Image.Image) -> tuple[Image.Image, str]:
+    """The central square of img, and a note if it had to be cropped."""
+    w, h = img.size
+    if w == h:
+        return img, ""
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side)), f"centre-cropped to {side}x{side}"
+
+
+def load_image(source: ImageLike, shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[str], tuple[int, int]]:
+    """Any image -> ((1, C, H, W) float32 in [-1, 1] for a model of `shape` (C, H, W), notes of what was done, the
+    input's (width, height)).
+
+    Transparency is composited on white; colour is converted to the model's channels (1: luminance, 3: RGB); a
+    non-square image is centre-cropped, then resized (Lanczos) to H x W.
+    """
+    c, h, w = shape
+    img = _open(source, "the input image")
+    notes = []
+    size0 = img.size
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+        notes.append("transparency composited on white")
+    target = "L" if c == 1 else "RGB"
+    if img.mode != target:
+        colour = img.mode not in ("1", "L", "LA", "I", "I;16", "F")
+        img = img.convert(target)
+        if colour != (c == 3):
+            notes.append(f"converted {'colour' if colour else 'grayscale'} to {'grayscale' if c == 1 else 'RGB'}")
+    img, cropped = _square(img)
+    if cropped:
+        notes.append(cropped)
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.LANCZOS)
+        notes.append(f"resized {size0[0]}x{size0[1]} to the model's {w}x{h}")
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())
+    x = x.view(h, w, 1) if x.dim() == 2 else x
+    return (x.permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0).clamp(-1.0, 1.0), notes, size0
+
+
+def load_mask(source: ImageLike, shape: tuple[int, int, int], *, image_size: tuple[int, int] | None = None
+              ) -> torch.Tensor:
+    """A painted mask -> (1, 1, H, W) bool, True where the model generates (the painted part), False where the image
+    is kept.
+
+    Painted = opaque (alpha >= 128) where the mask has transparency, else bright (luminance >= 128, white = fill).
+    The mask must have the input image's size (image_size, (width, height), before any crop or resize) or the
+    model's; it is cropped and resized like the image, a model pixel generated when at least half of it is painted.
+    """
+    _, h, w = shape
+    img = _open(source, "the mask")
+    allowed = [(w, h)] + ([tuple(image_size)] if image_size is not None and tuple(image_size) != (w, h) else [])
+    if img.size not in allowed:
+        sizes = " or ".join(f"{a}x{b}" for a, b in allowed)
+        raise ValueError(f"the mask is {img.width}x{img.height} but must be {sizes} (the input image"
+                         f"{'' if len(allowed) == 1 else ' or the model'}): paint it on the same image")
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    plane = img.convert("RGBA").getchannel("A") if has_alpha else img.convert("L")
+    painted = Image.fromarray(((np.asarray(plane) >= 128) * 255).astype(np.uint8))
+    painted, _ = _square(painted)
+    if painted.size != (w, h):
+        painted = painted.resize((w, h), Image.BOX)
+    return torch.from_numpy(np.asarray(painted) >= 128).view(1, 1, h, w)

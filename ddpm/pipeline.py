@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointConfig, load_config, load_model
+from .edit import Edit, edit_steps, interpolate_steps
 from .hub import resolve_checkpoint
+from .images import ImageLike, load_image, load_mask
 from .model import UNet
 from .options import SamplerOptions
 from .samplers import Step, check_seed, resolve_precision, run_to_end, sample_steps
@@ -107,19 +109,59 @@ class Pipeline:
             raise ValueError("this model is class-conditional: pass labels, e.g. labels=[0, 0, 1]")
         return torch.tensor([self.label_index(l) for l in labels], dtype=torch.long), len(labels)
 
+    def edit(self, init: ImageLike | torch.Tensor, *, strength: float = 1.0,
+             mask: ImageLike | torch.Tensor | None = None, jumps: int = 0) -> Edit:
+        """An input image (and mask) brought to this model, for stream(edit=...); Edit.notes says what was done.
+
+        init: an image file, PIL image or uint8 array of any size and colour mode, or a tensor (C, H, W) or
+        (B, C, H, W) in [-1, 1] of the model's shape. mask: the part to generate (painted / white / opaque), an
+        image of the input's or the model's size, or a bool tensor (H, W) / (B, 1, H, W) of the model's.
+        strength: t0 = strength (T-1) (image-to-image); jumps: RePaint resampling rounds (with a mask).
+        """
+        c, h, w = self.image_shape
+        if isinstance(init, torch.Tensor):
+            x, notes, size = (init.unsqueeze(0) if init.dim() == 3 else init).float(), [], (w, h)
+        else:
+            x, notes, size = load_image(init, self.image_shape)
+        if isinstance(mask, torch.Tensor):
+            m = mask.view(1, 1, *mask.shape) if mask.dim() == 2 else mask
+        else:
+            m = None if mask is None else load_mask(mask, self.image_shape, image_size=size)
+        if m is not None and not bool(m.any()):
+            notes.append("the mask is empty: nothing to fill in, the input is kept")
+        edit = Edit(init=x, strength=strength, mask=m, jumps=jumps, notes=tuple(notes))
+        edit.validate(self.image_shape, x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else 1)
+        return edit
+
     def stream(self, labels: Sequence[Label] | None = None, *, n: int | None = None, seed: int = 0,
-               options: SamplerOptions | None = None, **changes) -> Iterator[Step]:
+               options: SamplerOptions | None = None, init: ImageLike | torch.Tensor | None = None,
+               strength: float = 1.0, mask: ImageLike | torch.Tensor | None = None, jumps: int = 0,
+               edit: Edit | None = None, **changes) -> Iterator[Step]:
         """Yield a Step after every denoising step. Image i uses seed + i. Labels: indices or class names.
 
         options: the settings (default: the checkpoint's recommendation, `recommended`); keyword `changes` override
         single fields (sampler="ddim", steps=25, cfg=3, ...; see ddpm.SamplerOptions). Giving cfg drops the
         recommended per-class scales; guidance_interval=None guides every step. With redraws > 0 the images the
         model itself reads as another class are drawn again (ddpm.selfcheck), their steps yielded with Step.draw.
+
+        Starting from an image (ddpm.edit): init with strength (image-to-image, SDEdit) and/or mask (inpainting,
+        RePaint, with `jumps` resampling rounds), see edit(); or a ready `edit`. Edits do not redraw.
         """
         y, count = self._labels(labels, n)
         opts = self.options(options, **changes)  # fail now, not at the first next()
         check_seed(seed, count)
+        if init is not None and edit is not None:
+            raise ValueError("give either init (with strength, mask, jumps) or a prepared edit, not both")
+        if init is not None:
+            edit = self.edit(init, strength=strength, mask=mask, jumps=jumps)
+        elif mask is not None or strength != 1.0 or jumps:
+            raise ValueError("strength, mask and jumps need an input image: pass init=")
         opts = resolve_precision(opts, count, conditional=y is not None, device=self.device)  # "auto": once
+        if edit is not None:
+            edit.validate(self.image_shape, count)
+            seeds = [seed + i for i in range(count)]
+            return edit_steps(self.model, self.schedule, seeds, y.to(self.device) if y is not None else None,
+                              opts, self.config.model.num_classes, self.image_shape, self.device, edit)
         steps = sample_steps(self.model, self.schedule, n=count, labels=y, seed=seed, options=opts,
                              null_label=self.config.model.num_classes, image_shape=self.image_shape,
                              device=self.device)
@@ -132,6 +174,30 @@ class Pipeline:
     def sample(self, labels: Sequence[Label] | None = None, **kwargs) -> torch.Tensor:
         """The final images, (B, C, H, W) in [-1, 1]; same arguments as stream()."""
         return run_to_end(self.stream(labels, **kwargs))
+
+    def interpolate(self, seed_a: int, seed_b: int, *, k: int = 8, labels: Label | Sequence[Label] | None = None,
+                    options: SamplerOptions | None = None, **changes) -> Iterator[Step]:
+        """Stream k images along the slerp path from seed_a's starting noise to seed_b's (ddpm.edit), one batch.
+
+        labels: one class for the whole path, or two (class of A, class of B) to blend their guidance along it;
+        None for an unconditional model. Needs a deterministic sampler (dpm++2m, or ddim with eta 0); image 0 is
+        seed_a's image and image k-1 seed_b's, as pipe.sample gives them with these settings.
+        """
+        opts = self.options(options, **changes)
+        pair = None
+        if self.conditional:
+            if labels is None:
+                raise ValueError("this model is class-conditional: pass labels (one class, or two: A's and B's)")
+            many = isinstance(labels, Sequence) and not isinstance(labels, str)
+            if many and len(labels) not in (1, 2):
+                raise ValueError(f"labels: one class or two (A's and B's), got {len(labels)}")
+            la, lb = (labels[0], labels[-1]) if many else (labels, labels)
+            pair = (torch.tensor([self.label_index(la)]), torch.tensor([self.label_index(lb)]))
+        elif labels is not None:
+            raise ValueError("this model is unconditional: pass no labels")
+        opts = resolve_precision(opts, k if isinstance(k, int) else 1, conditional=pair is not None, device=self.device)
+        return interpolate_steps(self.model, self.schedule, seed_a, seed_b, k, pair, opts,
+                                 self.config.model.num_classes, self.image_shape, self.device)
 
 
 def load(source: str | Path, *, device: str | torch.device = "cpu") -> Pipeline:

@@ -4,6 +4,8 @@
         --seed 0 --n 16 --out grid.png
     python -m ddpm.sample --checkpoint DIR --label all --n 8 --out samples.npz    # images (N, H, W, C) uint8 + labels
     python -m ddpm.sample --checkpoint DIR --label Sneaker --n 4 --gif trajectory.gif
+    python -m ddpm.sample --checkpoint DIR --label Sneaker --init sketch.png --strength 0.6     # image-to-image
+    python -m ddpm.sample --checkpoint DIR --label Sneaker --init shoe.png --mask hole.png      # inpainting
 
 Image i of a run uses seed + i, so any image can be reproduced alone. Settings left out default to the
 checkpoint's recommended ones (config.json "sampling"), else to ddpm's defaults.
@@ -57,6 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=36, help="animation frames, chosen evenly in log-SNR")
     p.add_argument("--fps", type=float, default=12.0, help="animation frames per second")
     p.add_argument("--scale", type=int, default=2, help="integer enlargement of grid and GIF pixels")
+    e = p.add_argument_group("start from an image (ddpm.edit)")
+    e.add_argument("--init", default=None, metavar="IMAGE",
+                   help="start from this image (any size or colour mode; brought to the model's, and said so)")
+    e.add_argument("--strength", type=float, default=None,
+                   help="image-to-image (SDEdit): noise the input to t0 = strength x (T-1) and denoise from there; "
+                        "0 keeps it, 1 redraws it from noise (default 0.6, or 1 with --mask)")
+    e.add_argument("--mask", default=None, metavar="IMAGE",
+                   help="inpainting (RePaint): generate where this image is white (or opaque, if it has transparency), "
+                        "keep the input elsewhere; the input's size or the model's")
+    e.add_argument("--jumps", type=int, default=0, help="RePaint resampling rounds per step with --mask (0..10)")
     add_arguments(p)
     return p.parse_args(argv)
 
@@ -102,6 +114,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     pipe = load(args.checkpoint, device=resolve_device(args.device))
     options = pipe.options(from_args(args, pipe.recommended))
     labels, n, nrow = _labels(pipe, args.label, args.n)
+    edit = None
+    if args.init is not None:
+        strength = args.strength if args.strength is not None else (1.0 if args.mask is not None else 0.6)
+        edit = pipe.edit(args.init, strength=strength, mask=args.mask, jumps=args.jumps)
+        if edit.notes:
+            print(f"--init {args.init}: {'; '.join(edit.notes)}", file=sys.stderr)
+    elif args.strength is not None or args.mask is not None or args.jumps:
+        raise ValueError("--strength, --mask and --jumps need an input image: add --init IMAGE")
     if args.gif and n > args.batch_size:
         raise ValueError(f"--gif animates one batch: {n} images need --batch-size {n} or more (or fewer images)")
 
@@ -110,15 +130,17 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     keep = set()
     if args.gif:  # the same log-SNR-spaced frames as the app's animation
-        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, timesteps_for(pipe.T, options.steps, options.spacing)),
-                                     args.frames))
+        ts = edit.timesteps(pipe.T, options) if edit is not None else timesteps_for(pipe.T, options.steps,
+                                                                                     options.spacing)
+        keep = set(frames_by_log_snr(step_log_snr(pipe.schedule, ts), args.frames))
     frames, finals = [], []
     starts = range(0, n, args.batch_size)
     for start in tqdm(starts, desc="batches", unit="batch", disable=len(starts) == 1, file=sys.stderr):
         count = min(args.batch_size, n - start)
         part = labels[start:start + count] if labels is not None else None
         last = None
-        for last in pipe.stream(part, n=None if part is not None else count, seed=args.seed + start, options=options):
+        for last in pipe.stream(part, n=None if part is not None else count, seed=args.seed + start, options=options,
+                                edit=edit):
             if last.index in keep:
                 frames.append(side_by_side(grid(last.x_t), grid(last.x0_pred), scale=args.scale))
         finals.append(last.x_t)

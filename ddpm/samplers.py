@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .device import choose_precision
+from .guidance import EpsFn, guided_eps_fn
 from .options import SamplerOptions, check_spacing
 from .schedule import NoiseSchedule
 
@@ -62,23 +63,27 @@ class Step:
         return self.index == self.num_steps - 1
 
 
-def timesteps_for(T: int, steps: int, spacing: float = 1.0) -> list[int]:
-    """The kept time steps, descending, always starting at T-1 and ending at 0.
+def timesteps_for(T: int, steps: int, spacing: float = 1.0, *, start: int | None = None) -> list[int]:
+    """The kept time steps, descending, starting at `start` (default T-1) and ending at 0.
 
-    Step i of S sits at t_i = (T-1) (1 - i/(S-1))^spacing, rounded: spacing 1 spaces them evenly in t, larger
+    Step i of S sits at t_i = start (1 - i/(S-1))^spacing, rounded: spacing 1 spaces them evenly in t, larger
     powers crowd them towards t = 0, where the image's details are decided (2 is close to the "quadratic"
     spacing of Song et al. 2021, sec. D.2). Where rounding would repeat a time step near t = 0 the steps are
-    pushed apart by one, so all S are distinct; the spacing is then locally even.
+    pushed apart by one, so all S are distinct; the spacing is then locally even. A later start (image-to-image
+    from t0) needs steps <= start + 1.
     """
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be in 1..{T}, got {steps}")
+    start = T - 1 if start is None else start
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= T - 1:
+        raise ValueError(f"start must be a time step in 0..{T - 1}, got {start!r}")
+    if not 1 <= steps <= start + 1:
+        raise ValueError(f"steps must be in 1..{start + 1}, got {steps}")
     check_spacing(spacing)
     if steps == 1:
-        return [T - 1]
+        return [int(start)]
     if float(spacing) == 1.0:
-        ts = np.round(np.linspace(T - 1, 0, steps)).astype(int)  # distinct because steps <= T
+        ts = np.round(np.linspace(start, 0, steps)).astype(int)  # distinct because steps <= start + 1
     else:
-        ts = np.round((T - 1) * np.linspace(1.0, 0.0, steps) ** float(spacing)).astype(int)
+        ts = np.round(start * np.linspace(1.0, 0.0, steps) ** float(spacing)).astype(int)
     for i in range(1, steps):  # strictly descending ...
         ts[i] = min(ts[i], ts[i - 1] - 1)
     ts = np.maximum(ts, np.arange(steps - 1, -1, -1))  # ... and never below the steps still to come (ends at 0)
@@ -102,55 +107,8 @@ def randn_per_image(rngs: Sequence[torch.Generator], shape: tuple[int, ...], dev
     return torch.stack([torch.randn(shape, generator=g) for g in rngs]).to(device)
 
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), t (B,)) -> eps (B,C,H,W)
-
-
-def guided_at(t: int, T: int, guidance_interval: tuple[float, float] | None) -> bool:
-    """Whether CFG applies at time step t: always without an interval, else only for t/T in [lo, hi]."""
-    return guidance_interval is None or guidance_interval[0] <= t / max(T - 1, 1) <= guidance_interval[1]
-
-
-def guided_eps_fn(
-    model: torch.nn.Module,
-    labels: torch.Tensor | None,
-    *,
-    cfg: float | torch.Tensor,
-    null_label: int | None,
-    T: int,
-    guidance_interval: tuple[float, float] | None = None,
-    precision: str = "fp32",
-) -> EpsFn:
-    """The (guided) noise prediction as a function of (x_t, t).
-
-    cfg: one guidance scale w, or a tensor (B,) with one per image. Conditional and unconditional predictions
-    come from ONE batched forward pass; w = 1 and w = 0 (and unconditional models) need only one half, so they
-    skip the other.
-    """
-    if isinstance(cfg, torch.Tensor):
-        if labels is not None and cfg.shape != labels.shape:
-            raise ValueError(f"per-image guidance scales need one per label: shape {tuple(cfg.shape)} for "
-                             f"{len(labels)} labels")
-        # one scale for the whole batch: the same arithmetic (and the same shortcuts) as a plain cfg
-        cfg = float(cfg[0]) if bool((cfg == cfg[0]).all()) else cfg.float().view(-1, 1, 1, 1)
-    autocast = precision == "bf16"
-
-    def net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            return model(x, t, y).float()
-
-    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if labels is None or null_label is None:
-            return net(x, t, None)
-        w = cfg if guided_at(int(t[0]), T, guidance_interval) else 1.0
-        if not isinstance(w, torch.Tensor) and w == 1.0:
-            return net(x, t, labels)
-        null = torch.full_like(labels, null_label)
-        if not isinstance(w, torch.Tensor) and w == 0.0:
-            return net(x, t, null)
-        eps_cond, eps_uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        return eps_uncond + w * (eps_cond - eps_uncond)
-
-    return eps_fn
+Update = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (i, x at ts[i]) -> (x at ts[i+1], x0_pred)
+Merge = Callable[[int, torch.Tensor], torch.Tensor]  # (i, x after step i) -> x with a known region put back
 
 
 def _x0_and_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool):
@@ -161,85 +119,63 @@ def _x0_and_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps
     return x0_pred, eps
 
 
-def ddpm_steps(
-    eps_fn: EpsFn,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    rngs: Sequence[torch.Generator],
-    *,
-    steps: int,
-    variance: str = "posterior",
-    clip_x0: bool = True,
-    spacing: float = 1.0,
-) -> Iterator[Step]:
-    """DDPM ancestral sampling (Ho et al. Algorithm 2) on `steps` kept time steps (timesteps_for).
-
-    With steps = T this is the original chain; with fewer, the chain is respaced: beta_t is recomputed
-    from alpha_bar over the kept steps so that alpha_bar itself is unchanged (improved DDPM, sec. 4).
-    sigma_t^2 is the posterior variance (default) or beta_t (the paper's two choices). No noise is
-    added at the last step.
-    """
-    ts = timesteps_for(schedule.T, steps, spacing)
+def _alpha_bars(schedule: NoiseSchedule, ts: Sequence[int]) -> list[float]:
+    """alpha_bar at every kept step, then 1 (the clean image after the last step): len(ts) + 1 floats."""
     alpha_bar = schedule.alpha_bar.double()
-    x = x_T
-    shape = tuple(x_T.shape[1:])
-    for i, t in enumerate(ts):
-        ab_t = float(alpha_bar[t])
-        ab_prev = float(alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+    return [float(alpha_bar[t]) for t in ts] + [1.0]
+
+
+def _t_batch(x: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def ddpm_update(eps_fn: EpsFn, schedule: NoiseSchedule, ts: Sequence[int], rngs: Sequence[torch.Generator], *,
+                variance: str = "posterior", clip_x0: bool = True) -> Update:
+    """One DDPM ancestral step (Ho et al. Algorithm 2) from ts[i] to ts[i+1], respaced over the kept steps.
+
+    beta_t is recomputed from alpha_bar over the kept steps so that alpha_bar itself is unchanged (improved DDPM,
+    sec. 4); sigma_t^2 is the posterior variance or beta_t. No noise is added at the last step.
+    """
+    ab = _alpha_bars(schedule, ts)
+
+    def update(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ab_t, ab_prev = ab[i], ab[i + 1]
         beta_t = 1.0 - ab_t / ab_prev
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        t_batch = _t_batch(x, ts[i])
         x0_pred, _ = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
         # posterior mean mu~(x_t, x0_pred)  (eq. 7)
         coef1 = beta_t * math.sqrt(ab_prev) / (1.0 - ab_t)
         coef2 = (1.0 - ab_prev) * math.sqrt(1.0 - beta_t) / (1.0 - ab_t)
         mean = coef1 * x0_pred + coef2 * x
-        if i + 1 < len(ts):
-            var = beta_t * (1.0 - ab_prev) / (1.0 - ab_t) if variance == "posterior" else beta_t
-            x = mean + math.sqrt(var) * randn_per_image(rngs, shape, x.device)
-        else:
-            x = mean
-        yield Step(i, len(ts), t, x, x0_pred)
+        if i + 1 == len(ts):
+            return mean, x0_pred
+        var = beta_t * (1.0 - ab_prev) / (1.0 - ab_t) if variance == "posterior" else beta_t
+        return mean + math.sqrt(var) * randn_per_image(rngs, tuple(x.shape[1:]), x.device), x0_pred
+
+    return update
 
 
-def ddim_steps(
-    eps_fn: EpsFn,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    rngs: Sequence[torch.Generator],
-    *,
-    steps: int,
-    eta: float = 0.0,
-    clip_x0: bool = True,
-    spacing: float = 1.0,
-) -> Iterator[Step]:
-    """DDIM (Song et al. 2021, eq. 12) on `steps` kept time steps (timesteps_for); eta=0 is deterministic."""
-    ts = timesteps_for(schedule.T, steps, spacing)
-    alpha_bar = schedule.alpha_bar.double()
-    x = x_T
-    shape = tuple(x_T.shape[1:])
-    for i, t in enumerate(ts):
-        ab_t = float(alpha_bar[t])
-        ab_prev = float(alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+def ddim_update(eps_fn: EpsFn, schedule: NoiseSchedule, ts: Sequence[int], rngs: Sequence[torch.Generator], *,
+                eta: float = 0.0, clip_x0: bool = True) -> Update:
+    """One DDIM step (Song et al. 2021, eq. 12) from ts[i] to ts[i+1]; eta = 0 is deterministic."""
+    ab = _alpha_bars(schedule, ts)
+
+    def update(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ab_t, ab_prev = ab[i], ab[i + 1]
+        t_batch = _t_batch(x, ts[i])
         x0_pred, eps = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
         sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev))
         # "direction pointing to x_t" plus fresh noise (eq. 12)
         x = math.sqrt(ab_prev) * x0_pred + math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * randn_per_image(rngs, shape, x.device)
-        yield Step(i, len(ts), t, x, x0_pred)
+            x = x + sigma * randn_per_image(rngs, tuple(x.shape[1:]), x.device)
+        return x, x0_pred
+
+    return update
 
 
-def dpmpp_2m_steps(
-    eps_fn: EpsFn,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    *,
-    steps: int,
-    clip_x0: bool = True,
-    spacing: float = 1.0,
-) -> Iterator[Step]:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on `steps` kept time steps (timesteps_for): deterministic.
+def dpmpp_2m_update(eps_fn: EpsFn, schedule: NoiseSchedule, ts: Sequence[int], *, clip_x0: bool = True) -> Update:
+    """One DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2) from ts[i] to ts[i+1]: deterministic.
 
     It solves the same probability-flow ODE as DDIM, written for the data prediction x0_pred. With
     alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar) and lambda = log(alpha / sigma), a step from t to s is
@@ -251,47 +187,113 @@ def dpmpp_2m_steps(
     network call per step as DDIM. The first step has no previous prediction, and the last two use D = x0_pred
     too ("lower order final"): the step into t = 0 is several times longer in lambda than the one before it
     (r ~ 0.3-0.4), where the extrapolation would overshoot (with an exact Gaussian eps it cuts the error
-    at 20 steps from 0.2 to 0.007), and the last, into alpha_bar = 1, lands on the prediction.
+    at 20 steps from 0.2 to 0.007), and the last, into alpha_bar = 1, lands on the prediction. A step run again
+    (RePaint's resampling) extrapolates from the latest prediction at the step before it.
     """
-    ts = timesteps_for(schedule.T, steps, spacing)
-    alpha_bar = schedule.alpha_bar.double()
-    ab = [float(alpha_bar[t]) for t in ts]
+    ab = _alpha_bars(schedule, ts)[:-1]
     lam = [0.5 * math.log(a / (1.0 - a)) for a in ab]
-    x = x_T
-    x0_prev: torch.Tensor | None = None
-    for i, t in enumerate(ts):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    preds: dict[int, torch.Tensor] = {}  # the latest x0_pred of each step
+
+    def update(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t_batch = _t_batch(x, ts[i])
         x0_pred, _ = _x0_and_eps(schedule, x, t_batch, eps_fn(x, t_batch), clip_x0)
+        preds[i] = x0_pred
+        preds.pop(i - 2, None)
         if i + 1 == len(ts):  # into alpha_bar = 1: sigma_s = 0, the step lands on the prediction
-            yield Step(i, len(ts), t, x0_pred, x0_pred)
-            break
+            return x0_pred, x0_pred
         h = lam[i + 1] - lam[i]
         d = x0_pred
-        if x0_prev is not None and i + 2 < len(ts):
+        if i - 1 in preds and i + 2 < len(ts):
             r = (lam[i] - lam[i - 1]) / h
-            d = (1.0 + 0.5 / r) * x0_pred - (0.5 / r) * x0_prev
-        x = math.sqrt((1.0 - ab[i + 1]) / (1.0 - ab[i])) * x + math.sqrt(ab[i + 1]) * (-math.expm1(-h)) * d
-        x0_prev = x0_pred
+            d = (1.0 + 0.5 / r) * x0_pred - (0.5 / r) * preds[i - 1]
+        return math.sqrt((1.0 - ab[i + 1]) / (1.0 - ab[i])) * x + math.sqrt(ab[i + 1]) * (-math.expm1(-h)) * d, x0_pred
+
+    return update
+
+
+def run_steps(update: Update, ts: Sequence[int], x: torch.Tensor, *, merge: Merge | None = None,
+              renoise: Update | None = None, jumps: int = 0) -> Iterator[Step]:
+    """The sampling loop: x at ts[0] through every kept step, a Step yielded after each.
+
+    merge(i, x) puts a known region back into the result of step i (RePaint). With jumps = r > 0 every step but
+    the last is run r + 1 times: after the first r runs the merged result is noised back to ts[i] by renoise
+    (q(x_t | x_s)) and the step is taken again, so the generated region can agree with the known one (RePaint's
+    resampling, jump length 1).
+    """
+    for i, t in enumerate(ts):
+        rounds = jumps + 1 if i + 1 < len(ts) else 1
+        for r in range(rounds):
+            x_next, x0_pred = update(i, x)
+            if merge is not None:
+                x_next = merge(i, x_next)
+            if r + 1 < rounds:
+                x, _ = renoise(i, x_next)
+        x = x_next
         yield Step(i, len(ts), t, x, x0_pred)
 
 
-def solver_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, rngs: Sequence[torch.Generator],
-                 options: SamplerOptions) -> Iterator[Step]:
-    """The generator of options.sampler (its steps, eta, variance, clipping and spacing) from x_T (B, C, H, W).
+def renoise_update(schedule: NoiseSchedule, ts: Sequence[int], rngs: Sequence[torch.Generator]) -> Update:
+    """(i, x at ts[i+1]) -> (a draw of x at ts[i] from q(x_t | x_s), the input): forward noising by one kept step,
+    x_t = sqrt(alpha_bar_t / alpha_bar_s) x_s + sqrt(1 - alpha_bar_t / alpha_bar_s) z."""
+    ab = _alpha_bars(schedule, ts)
 
-    Guidance and precision are eps_fn's business (guided_eps_fn); rngs give the per-step noise of the stochastic
-    samplers, one generator per image.
+    def renoise(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = ab[i] / ab[i + 1]
+        return math.sqrt(a) * x + math.sqrt(1.0 - a) * randn_per_image(rngs, tuple(x.shape[1:]), x.device), x
+
+    return renoise
+
+
+def ddpm_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, rngs: Sequence[torch.Generator], *,
+               steps: int, variance: str = "posterior", clip_x0: bool = True, spacing: float = 1.0) -> Iterator[Step]:
+    """DDPM ancestral sampling (Ho et al. Algorithm 2) on `steps` kept time steps (timesteps_for), from x_T.
+
+    With steps = T this is the original chain; with fewer, the chain is respaced (ddpm_update).
     """
-    steps, clip, spacing = int(options.steps), options.clip_x0, float(options.spacing)
+    ts = timesteps_for(schedule.T, steps, spacing)
+    return run_steps(ddpm_update(eps_fn, schedule, ts, rngs, variance=variance, clip_x0=clip_x0), ts, x_T)
+
+
+def ddim_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, rngs: Sequence[torch.Generator], *,
+               steps: int, eta: float = 0.0, clip_x0: bool = True, spacing: float = 1.0) -> Iterator[Step]:
+    """DDIM (Song et al. 2021, eq. 12) on `steps` kept time steps (timesteps_for); eta=0 is deterministic."""
+    ts = timesteps_for(schedule.T, steps, spacing)
+    return run_steps(ddim_update(eps_fn, schedule, ts, rngs, eta=eta, clip_x0=clip_x0), ts, x_T)
+
+
+def dpmpp_2m_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int, clip_x0: bool = True,
+                   spacing: float = 1.0) -> Iterator[Step]:
+    """DPM-Solver++(2M) (dpmpp_2m_update) on `steps` kept time steps (timesteps_for): deterministic."""
+    ts = timesteps_for(schedule.T, steps, spacing)
+    return run_steps(dpmpp_2m_update(eps_fn, schedule, ts, clip_x0=clip_x0), ts, x_T)
+
+
+def solver_update(eps_fn: EpsFn, schedule: NoiseSchedule, ts: Sequence[int], rngs: Sequence[torch.Generator],
+                  options: SamplerOptions) -> Update:
+    """The step function of options.sampler (its eta, variance and clipping) over the kept steps ts."""
+    clip = options.clip_x0
     if options.sampler == "ddpm":
-        return ddpm_steps(eps_fn, schedule, x_T, rngs, steps=steps, variance=options.variance, clip_x0=clip,
-                          spacing=spacing)
+        return ddpm_update(eps_fn, schedule, ts, rngs, variance=options.variance, clip_x0=clip)
     if options.sampler == "dpm++2m":
-        return dpmpp_2m_steps(eps_fn, schedule, x_T, steps=steps, clip_x0=clip, spacing=spacing)
+        return dpmpp_2m_update(eps_fn, schedule, ts, clip_x0=clip)
     if options.sampler == "ddim":
-        return ddim_steps(eps_fn, schedule, x_T, rngs, steps=steps, eta=float(options.eta), clip_x0=clip,
-                          spacing=spacing)
+        return ddim_update(eps_fn, schedule, ts, rngs, eta=float(options.eta), clip_x0=clip)
     raise ValueError(f"unknown sampler {options.sampler!r}; choose one of ddpm, ddim, dpm++2m")
+
+
+def solver_steps(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, rngs: Sequence[torch.Generator],
+                 options: SamplerOptions, *, ts: Sequence[int] | None = None, merge: Merge | None = None,
+                 jumps: int = 0) -> Iterator[Step]:
+    """The generator of options.sampler from x_T (B, C, H, W) at ts[0].
+
+    ts: the kept time steps (default: timesteps_for(T, options.steps, options.spacing), which starts at T-1);
+    merge and jumps: run_steps's (inpainting). Guidance and precision are eps_fn's business (guided_eps_fn); rngs
+    give the per-step noise of the stochastic samplers, one generator per image.
+    """
+    ts = list(ts) if ts is not None else timesteps_for(schedule.T, int(options.steps), float(options.spacing))
+    renoise = renoise_update(schedule, ts, rngs) if jumps else None
+    return run_steps(solver_update(eps_fn, schedule, ts, rngs, options), ts, x_T, merge=merge, renoise=renoise,
+                     jumps=jumps)
 
 
 def sample_steps(
@@ -337,6 +339,27 @@ def resolve_precision(options: SamplerOptions, n: int, *, conditional: bool,
     return options.replace(precision=precision)
 
 
+def options_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, y: torch.Tensor | None, options: SamplerOptions,
+                   null_label: int | None, device: torch.device) -> EpsFn:
+    """The guided noise prediction for labels y (B,) at options' guidance (cfg or class_cfg, interval, precision)."""
+    if options.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be resolved to fp32 or bf16 here, got {options.precision!r}")
+    cfg: float | torch.Tensor = float(options.cfg)
+    if options.class_cfg is not None:
+        if y is None:
+            raise ValueError("class_cfg needs a class-conditional model and labels")
+        cfg = torch.tensor([float(w) for w in options.class_cfg], device=device)[y]
+    return guided_eps_fn(model, y, cfg=cfg, null_label=null_label, T=schedule.T,
+                         guidance_interval=options.guidance_interval, precision=options.precision)
+
+
+def cpu_steps(steps: Iterator[Step], *, draw: int = 0) -> Iterator[Step]:
+    """The same Steps on the CPU, tagged with `draw`, the final image clamped to [-1, 1]."""
+    for step in steps:
+        x_t = step.x_t.clamp(-1.0, 1.0) if step.is_last else step.x_t
+        yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu(), draw)
+
+
 def draw_steps(model: torch.nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], y: torch.Tensor | None,
                options: SamplerOptions, null_label: int | None, image_shape: tuple[int, int, int],
                device: torch.device, *, draw: int = 0) -> Iterator[Step]:
@@ -344,22 +367,10 @@ def draw_steps(model: torch.nn.Module, schedule: NoiseSchedule, seeds: Sequence[
 
     Every Step is on the CPU, tagged with `draw`; the final image is clamped to [-1, 1].
     """
-    if options.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be resolved to fp32 or bf16 here, got {options.precision!r}")
+    eps_fn = options_eps_fn(model, schedule, y, options, null_label, device)
     rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
     x_T = randn_per_image(rngs, image_shape, device)
-    cfg: float | torch.Tensor = float(options.cfg)
-    if options.class_cfg is not None:
-        if y is None:
-            raise ValueError("class_cfg needs a class-conditional model and labels")
-        cfg = torch.tensor([float(w) for w in options.class_cfg], device=device)[y]
-    eps_fn = guided_eps_fn(
-        model, y, cfg=cfg, null_label=null_label, T=schedule.T,
-        guidance_interval=options.guidance_interval, precision=options.precision,
-    )
-    for step in solver_steps(eps_fn, schedule, x_T, rngs, options):
-        x_t = step.x_t.clamp(-1.0, 1.0) if step.is_last else step.x_t  # the final image is clamped
-        yield Step(step.index, step.num_steps, step.t, x_t.cpu(), step.x0_pred.cpu(), draw)
+    return cpu_steps(solver_steps(eps_fn, schedule, x_T, rngs, options), draw=draw)
 
 
 def run_to_end(steps: Iterator[Step]) -> torch.Tensor:

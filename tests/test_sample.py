@@ -108,6 +108,11 @@ def test_bad_label_is_one_line_exit_2(tiny_checkpoint, tmp_path):
     (["--device", "quantum"], "unknown device 'quantum'"),
     (["--steps", "many"], "invalid int value: 'many'"),
     (["--redraws", "9"], "redraws must be an integer in 0..5"),
+    (["--strength", "0.5"], "need an input image: add --init IMAGE"),
+    (["--init", "missing.png"], "the input image 'missing.png' does not exist"),
+    (["--init", "README.md"], "is not a readable image"),
+    (["--init", "docs/app.png", "--strength", "2"], "strength must be a number in [0, 1]"),
+    (["--init", "docs/app.png", "--mask", "checkpoints/fashion-mnist/samples.png"], "the mask is"),
 ])
 def test_bad_input_messages(tiny_checkpoint, tmp_path, capsys, args, message):
     argv = ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.png"), *args]
@@ -251,3 +256,26 @@ def test_bounded_batches_give_the_images_of_one_batch(tiny_checkpoint, tmp_path,
     assert "--gif animates one batch: 9 images need --batch-size 9 or more" in capsys.readouterr().err
     assert main(["--checkpoint", str(tiny_checkpoint), "--batch-size", "0", "--out", str(tmp_path / "x.png")]) == 2
     assert "--batch-size must be in 1..10000, got 0" in capsys.readouterr().err
+
+
+def test_image_to_image_and_inpainting_give_what_the_python_api_gives(tiny_checkpoint, tmp_path, capsys):
+    """--init/--strength and --mask are pipe.edit + pipe.stream(edit=...); the conversion is reported on stderr."""
+    src, hole = tmp_path / "in.png", tmp_path / "hole.png"
+    rgb = np.zeros((24, 24, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 24, dtype=np.uint8)[None, :]  # a red ramp
+    Image.fromarray(rgb).save(src)
+    mask = np.zeros((24, 24), np.uint8)
+    mask[:, 12:] = 255
+    Image.fromarray(mask).save(hole)
+    pipe = ddpm.load(tiny_checkpoint)
+    common = ["--checkpoint", str(tiny_checkpoint), "--label", "Square", "--n", "2", "--sampler", "ddim", "--steps", "10",
+              "--seed", "3", "--threads", "1"]
+    assert main([*common, "--init", str(src), "--strength", "0.5", "--out", str(tmp_path / "a.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "converted colour to grayscale" in err and "resized 24x24 to the model's 12x12" in err
+    want = pipe.sample(["Square"] * 2, seed=3, sampler="ddim", steps=10, init=src, strength=0.5)
+    assert np.abs(np.load(tmp_path / "a.npz")["images"].astype(int) - to_uint8(want).astype(int)).max() <= 1
+    assert main([*common, "--init", str(src), "--mask", str(hole), "--out", str(tmp_path / "b.npz")]) == 0
+    got = np.load(tmp_path / "b.npz")["images"]
+    known = to_uint8(pipe.edit(src).init)[0]
+    assert np.array_equal(got[:, :, :6], np.broadcast_to(known[:, :6], (2, 12, 6, 1)))

@@ -23,12 +23,11 @@ import torch
 import ddpm
 from ddpm.images import to_uint8
 from ddpm.model import UNet, preset_config
+from ddpm.guidance import guided_at, guided_eps_fn
 from ddpm.samplers import (
     SamplerOptions,
     ddim_steps,
     dpmpp_2m_steps,
-    guided_at,
-    guided_eps_fn,
     make_rngs,
     randn_per_image,
     run_to_end,

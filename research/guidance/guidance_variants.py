@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ddpm import samplers  # noqa: E402
+from ddpm import guidance, samplers  # noqa: E402
 from ddpm.allocator import tune_allocator  # noqa: E402
 from ddpm.checkpoint import load_config, load_model  # noqa: E402
 from ddpm.classifier import load_classifier  # noqa: E402
@@ -87,7 +87,7 @@ def make_eps_fn_factory(v: dict, schedule, guide: torch.nn.Module | None):
                 return m(x, t, y).float()
 
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            inside = samplers.guided_at(int(t[0]), T, (lo, hi))
+            inside = guidance.guided_at(int(t[0]), T, (lo, hi))
             null = torch.full_like(labels, null_label)
             if name == "auto":
                 if inside and param != 1.0:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddpm.model import UNet, preset_config
-from ddpm.samplers import guided_eps_fn
+from ddpm.guidance import guided_eps_fn
 from ddpm.schedule import NoiseSchedule, ScheduleConfig
 
 T = 1000
