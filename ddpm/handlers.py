@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,20 +24,23 @@ from PIL import Image
 
 from .device import choose_precision
 from .frames import Frame, Recorder, Throttle, grid_scale, to_grid
-from .images import to_pil, to_uint8
+from .images import load_image, to_pil, to_uint8
 from .options import SamplerOptions
 from .pipeline import Pipeline
 from .plots import schedule_plot
 from .registry import ModelRegistry
+from .samplers import Step
+from .schedule import NoiseSchedule
 from .studio import (
     GUIDANCE_SCALES,
+    SEED_MAX,
     Request,
     class_scales,
     forward_noise,
     guidance_sweep,
-    image_to_model,
     label_choices,
     log_snr_timesteps,
+    parse_integer,
     parse_request,
     q_sample_at,
     start_options,
@@ -211,39 +214,60 @@ def generate(registry: ModelRegistry, model: object, *, label: object, seed: obj
     pipe = registry.get(model)
     request = parse_request(pipe, label=label, seed=seed, n_images=n_images, limit_guidance=limit_guidance,
                             **settings)
-    return _run(pipe, request, runs_dir, stream_rate)
+    name = f"ddpm_seed{request.seed}" + (f"_label{request.label}" if request.label is not None else "")
+    return stream_run(request.stream(pipe), pipe.schedule, request.timesteps(pipe.T), runs_dir=runs_dir,
+                      stream_rate=stream_rate, name=name, about=f"seed {request.seed}", info=request.describe(),
+                      checking=bool(request.options.redraws))
 
 
-def _run(pipe: Pipeline, request: Request, runs_dir: Path, stream_rate: float) -> Iterator[Live | Finished]:
-    seed, steps, redraws = request.seed, request.options.steps, request.options.redraws
-    rec = Recorder(pipe.schedule, request.timesteps(pipe.T))
+def throttled(steps: Iterator[Step], rec: Recorder, stream_rate: float) -> Iterator[tuple[Step, bool]]:
+    """Every step (recorded in rec) and whether to show it now: at most stream_rate per second, the steps of a plan
+    even in log-SNR that fits that rate (timed on the first step), and the first and last step always."""
     throttle, plan, pending = Throttle(stream_rate), None, False
     t0 = time.perf_counter()
-    yield Live(f"Sampling… seed {seed}")
-    for step in request.stream(pipe):
+    for step in steps:
         rec.add(step)
         if plan is None:  # after the first step: how many frames fit into the run at stream_rate
-            plan = rec.stream_plan(int(stream_rate * (time.perf_counter() - t0) * steps) + 1)
+            plan = rec.stream_plan(int(stream_rate * (time.perf_counter() - t0) * rec.num_steps) + 1)
         pending = pending or step.index in plan
-        if step.is_last or (pending and throttle.ready()):
+        show = step.is_last or (pending and throttle.ready())
+        if show:
             throttle.mark()
             pending = False
-            redraw = f"**Redraw {step.draw}**: the images the model read as another class, again · " if step.draw else ""
-            checking = " · checking the images…" if step.is_last and redraws else ""
-            yield Live(f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · seed {seed} · "
-                       f"{time.perf_counter() - t0:.1f} s{checking}",
+        yield step, show
+
+
+def stream_run(steps: Iterator[Step], schedule: NoiseSchedule, timesteps: Sequence[int], *, runs_dir: Path,
+               stream_rate: float, name: str, about: str, info: str, checking: bool = False
+               ) -> Iterator[Live | Finished]:
+    """Stream a run's Steps (over `timesteps`, descending) as Live updates, then one Finished: the final grid (PNG)
+    and the trajectory x_t | x0_pred (GIF, MP4), files `name`.* in a new runs_dir folder. Generate and the edit
+    tabs share it.
+
+    about: the status line's tail ("seed 3"); info: the request in words (Finished.run_info); checking: redraw
+    checks follow the last step (the status says so).
+    """
+    rec = Recorder(schedule, timesteps)
+    t0 = time.perf_counter()
+    yield Live(f"Sampling… {about}")
+    for step, show in throttled(steps, rec, stream_rate):
+        if show:
+            redraw = (f"**Redraw {step.draw}**: the images the model read as another class, again · " if step.draw
+                      else "")
+            check = " · checking the images…" if step.is_last and checking else ""
+            yield Live(f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · {about} · "
+                       f"{time.perf_counter() - t0:.1f} s{check}",
                        enlarged(to_grid(step.x_t)), enlarged(to_grid(step.x0_pred)))
     sample_s = time.perf_counter() - t0
     out = new_run_dir(runs_dir)
-    name = f"ddpm_seed{seed}" + (f"_label{request.label}" if request.label is not None else "")
     final = to_grid(step.x_t)
     png = out / f"{name}.png"
     to_pil(final, scale=grid_scale(final.shape[1], 512)).save(png)
     gif, mp4 = rec.save_gif(out / f"{name}.gif"), rec.save_mp4(out / f"{name}.mp4")
     total_s = time.perf_counter() - t0
     rounds = f" · {step.draw} redraw round{'s' if step.draw > 1 else ''}" if step.draw else ""
-    yield Finished(f"**Done:** {steps} steps in {sample_s:.2f} s · seed {seed}{rounds}",
-                   f"{request.describe()} · sampling {sample_s:.2f} s, files {total_s - sample_s:.2f} s",
+    yield Finished(f"**Done:** {step.num_steps} step{'s' if step.num_steps > 1 else ''} in {sample_s:.2f} s · "
+                   f"{about}{rounds}", f"{info} · sampling {sample_s:.2f} s, files {total_s - sample_s:.2f} s",
                    png, gif, mp4, rec.frames, step.x_t)
 
 
@@ -314,21 +338,28 @@ def upload_x0(registry: ModelRegistry, model: object, image: np.ndarray | None) 
     if image is None:
         return None
     pipe = registry.get(model)
-    small = to_uint8(image_to_model(image, pipe.image_shape))[0]
+    small = to_uint8(load_image(image, pipe.image_shape)[0])[0]
     return ForwardInput(small, enlarged(small, 224))
 
 
-def forward_view(registry: ModelRegistry, model: object, x0: np.ndarray | None, t: object) -> ForwardView:
-    """q(x_t | x_0) at t, a strip from x_0 to noise evenly in log-SNR, and the schedule plot with t marked."""
+def forward_x_t(pipe: Pipeline, x0: np.ndarray, t: object, seed: object = 0
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_0, eps, x_t = q_sample(x_0, t, eps)), each (1, C, H, W), for the forward tab's uint8 x0 and noise seed."""
+    t = parse_integer("t", t, 0, pipe.T - 1)
+    x0_model = load_image(x0, pipe.image_shape)[0]
+    eps = forward_noise(x0_model, parse_integer("noise seed", seed, 0, SEED_MAX))
+    return x0_model, eps, q_sample_at(pipe.schedule, x0_model, t, eps)
+
+
+def forward_view(registry: ModelRegistry, model: object, x0: np.ndarray | None, t: object,
+                 seed: object = 0) -> ForwardView:
+    """q(x_t | x_0) at t (noise from `seed`), a strip from x_0 to noise evenly in log-SNR, and the schedule plot with
+    t marked."""
     pipe = registry.get(model)
     if x0 is None:
         return ForwardView(None, "Pick an example or upload an image.", None, schedule_plot(pipe.schedule.config))
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not float(t).is_integer():
-        raise ValueError(f"t must be an integer in 0..{pipe.T - 1}, got {t!r}")
+    x0_model, eps, x_t = forward_x_t(pipe, x0, t, seed)
     t = int(t)
-    x0_model = image_to_model(x0, pipe.image_shape)
-    eps = forward_noise(x0_model)
-    x_t = q_sample_at(pipe.schedule, x0_model, t, eps)
     ab, log_snr = float(pipe.schedule.alpha_bar[t]), float(pipe.schedule.log_snr[t])
     text = (f"**t = {t}**\n\nᾱₜ = {ab:.5f}\n\nsignal scale √ᾱₜ = {ab ** 0.5:.3f}\n\n"
             f"noise scale √(1 − ᾱₜ) = {(1 - ab) ** 0.5:.3f}\n\nSNRₜ = {math.exp(log_snr):.3g} (log-SNR {log_snr:+.2f})")

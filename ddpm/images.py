@@ -138,11 +138,13 @@ def load_image(source: ImageLike, shape: tuple[int, int, int]) -> tuple[torch.Te
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-        notes.append("transparency composited on white")
+        if rgba.getchannel("A").getextrema()[0] < 255:  # some transparency: composite; fully opaque: nothing to say
+            notes.append("transparency composited on white")
+        img = Image.alpha_composite(white, rgba).convert("RGB")
     target = "L" if c == 1 else "RGB"
     if img.mode != target:
-        colour = img.mode not in ("1", "L", "LA", "I", "I;16", "F")
+        rgb = np.asarray(img.convert("RGB"))
+        colour = bool((rgb != rgb[..., :1]).any())  # a gray picture stored as RGB is not colour
         img = img.convert(target)
         if colour != (c == 3):
             notes.append(f"converted {'colour' if colour else 'grayscale'} to {'grayscale' if c == 1 else 'RGB'}")

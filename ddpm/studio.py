@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import fit_images, to_model_range
 from .device import choose_precision
+from .edit import Edit
 from .frames import frames_by_log_snr
 from .options import SamplerOptions, parse_setting
 from .pipeline import Pipeline
-from .samplers import Step, guided_eps_fn, network_batch, randn_per_image, run_to_end, solver_steps, timesteps_for
+from .guidance import guided_eps_fn
+from .samplers import Step, network_batch, randn_per_image, run_to_end, solver_steps, timesteps_for
 from .schedule import NoiseSchedule
 
 IMAGE_COUNTS = (1, 4, 9, 16)
@@ -99,10 +100,11 @@ class Request:
     def labels(self) -> list[int] | None:
         return None if self.label is None else [self.label] * self.n_images
 
-    def stream(self, pipe: Pipeline) -> Iterator[Step]:
-        """pipe.stream for this request: one Step per denoising step (and per redraw step)."""
+    def stream(self, pipe: Pipeline, edit: Edit | None = None) -> Iterator[Step]:
+        """pipe.stream for this request: one Step per denoising step (and per redraw step); from an input image
+        with `edit` (ddpm.edit: image-to-image, inpainting)."""
         n = None if self.label is not None else self.n_images
-        return pipe.stream(self.labels(), n=n, seed=self.seed, options=self.options)
+        return pipe.stream(self.labels(), n=n, seed=self.seed, options=self.options, edit=edit)
 
     def timesteps(self, T: int) -> list[int]:
         """The time steps this run evaluates the network at, descending."""
@@ -123,7 +125,8 @@ def _number(name: str, value: object, allowed: str) -> float:
     return float(value)
 
 
-def _integer(name: str, value: object, lo: int, hi: int) -> int:
+def parse_integer(name: str, value: object, lo: int, hi: int) -> int:
+    """An integer in lo..hi from a raw value (a browser sends 3.0 for 3); ValueError naming name and the range."""
     allowed = f"an integer in {lo}..{hi}"
     v = _number(name, value, allowed)
     if not v.is_integer() or not lo <= v <= hi:
@@ -140,7 +143,7 @@ def parse_request(pipe: Pipeline, *, label: object, seed: object, n_images: obje
     noise levels (pipe.recommended.guidance_interval; none when it recommends none). An unconditional model has no
     classes: it ignores label and redraws.
     """
-    seed_i = _integer("seed", seed, 0, SEED_MAX)
+    seed_i = parse_integer("seed", seed, 0, SEED_MAX)
     counts = ", ".join(map(str, IMAGE_COUNTS))
     n = _number("number of images", n_images, f"one of {counts}")
     if n not in IMAGE_COUNTS:
@@ -184,26 +187,12 @@ def guidance_sweep(pipe: Pipeline, request: Request, scales: Sequence[float] = G
 
 
 # -- forward process -------------------------------------------------------------------------------
-def image_to_model(image: np.ndarray, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """A uint8 picture (H, W), (H, W, C) of any size -> (1, C, S, S) in [-1, 1] at the model's size."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got dtype {a.dtype}")
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an image of shape (H, W) or (H, W, 1|3|4), got {a.shape}")
-    a = a[..., :3]
-    x = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None]  # (1, C, H, W)
-    c, s = image_shape[0], image_shape[1]
-    h, w = x.shape[-2:]
-    m = min(h, w)
-    x = x[..., (h - m) // 2 : (h - m) // 2 + m, (w - m) // 2 : (w - m) // 2 + m]  # centre square
-    return to_model_range(fit_images(x, size=s, channels=c))
-
-
 def forward_noise(x0: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """The fixed eps used to show q(x_t | x_0), so sliding t changes only the noise level."""
+    """The fixed eps (x0's shape) that shows q(x_t | x_0), so sliding t changes only the noise level.
+
+    The numbers of torch.randn on a generator seeded `seed`: a sampler's first draw for image 0 of that seed, so
+    SDEdit from x_0 with strength t / (T-1) and this seed starts from exactly this x_t ("denoise from here").
+    """
     return torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -39,7 +40,18 @@ ENDPOINTS = {  # the public API: endpoint -> its parameters (name, default) in o
     "/guidance_explorer": ["model", "label", "steps", "seed", "sampler", "eta", "precision", "limit_guidance",
                            "spacing"],
     "/scrub": ["index"],
-    "/forward": ["model", "t"],
+    "/forward": ["model", "t", "seed"],
+    "/edit": ["model", "image", "mask", "invert", "strength", "label", "cfg", "steps", "seed", "n_images", "sampler",
+              "eta", "precision", "limit_guidance", "spacing", "jumps"],
+    "/interpolate": ["model", "seed_a", "seed_b", "label_a", "label_b", "k", "cfg", "steps", "sampler", "eta",
+                     "precision", "limit_guidance", "spacing"],
+    "/denoise_from_here": ["model", "t", "seed", "label"],
+}
+RETURNS = {  # what the streaming endpoints send back, in order
+    "/generate": ["Image", "Image", "Markdown", "Image", "Video", "File", "Slider", "Markdown"],
+    "/edit": ["Image", "Image", "Markdown", "Image", "Video", "File", "Slider", "Markdown", "Image", "Markdown"],
+    "/interpolate": ["Image", "Image", "Markdown", "Image", "Video", "File", "Markdown"],
+    "/denoise_from_here": ["Image", "Image", "Markdown"],
 }
 
 
@@ -139,8 +151,23 @@ def test_the_api_keeps_its_endpoints_and_their_parameters(demo):
         assert [p["parameter_name"] for p in info["named_endpoints"][name]["parameters"]] == params, name
     generate = info["named_endpoints"]["/generate"]["parameters"]
     assert all(p["parameter_has_default"] for p in generate)  # a client may leave out the later settings
-    assert [p["component"] for p in info["named_endpoints"]["/generate"]["returns"]] == [
-        "Image", "Image", "Markdown", "Image", "Video", "File", "Slider", "Markdown"]
+    for name, returns in RETURNS.items():
+        assert [p["component"] for p in info["named_endpoints"][name]["returns"]] == returns, name
+    edit = {p["parameter_name"]: p for p in info["named_endpoints"]["/edit"]["parameters"]}
+    assert edit["image"]["component"] == edit["mask"]["component"] == "Imageeditor"
+    assert edit["strength"]["parameter_default"] == 0.6 and edit["jumps"]["parameter_default"] == 0
+    interpolate = {p["parameter_name"]: p for p in info["named_endpoints"]["/interpolate"]["parameters"]}
+    assert interpolate["k"]["parameter_default"] == 8 and interpolate["label_b"]["parameter_default"] == "same as A"
+
+
+def test_every_run_shares_the_one_queue_slot(demo):
+    fns = {f.api_name: f for f in demo.fns.values()}
+    for name in ("generate", "guidance_explorer", "edit", "interpolate", "denoise_from_here"):
+        assert (fns[name].concurrency_id, fns[name].concurrency_limit) == (fns["generate"].concurrency_id, 1), name
+    stops = [f for f in demo.fns.values() if f.cancels]  # each tab's Stop button cancels its runs
+    cancelled = {fns_id for f in stops for fns_id in f.cancels}
+    assert {fns[n]._id for n in ("generate", "guidance_explorer", "edit", "interpolate", "denoise_from_here")} <= \
+        cancelled
 
 
 def test_load_failure_is_shown_and_falls_back(tiny_checkpoint, tmp_path):
@@ -200,6 +227,42 @@ def test_api_generate_streams_frames_then_png_gif_mp4_and_scrubs(client, server)
     assert xt is None and text == "Pick an example or upload an image." and plot  # no x_0 in this session
     gallery = client.predict(server[1], "2 · Square", 4, 1, "ddim", 0.0, "auto", api_name="/guidance_explorer")
     assert [item["caption"] for item in gallery] == ["CFG 0", "CFG 1", "CFG 2", "CFG 3", "CFG 5", "CFG 8"]
+
+
+@pytest.mark.slow
+def test_api_edit_interpolate_and_denoise(client, server, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bar = np.zeros((12, 12), dtype=np.uint8)
+    bar[:, 5:7] = 255
+    Image.fromarray(bar).save(tmp_path / "bar.png")
+    Image.fromarray(np.full((5, 5), 255, dtype=np.uint8)).save(tmp_path / "small_mask.png")
+    image = {"background": handle_file(str(tmp_path / "bar.png")), "layers": [],
+             "composite": handle_file(str(tmp_path / "bar.png"))}
+    edit = [server[1], image, None, False, 0.5, "1 · Vertical", 3.0, 10, 3, 1, "ddim", 0.0, "fp32"]
+    job = client.submit(*edit, api_name="/edit")
+    *_, status, final, video, files, scrubber, run_info, view, notes = job.result(timeout=120)
+    assert status.startswith("**Done:** 5 steps") and "strength 0.5: from t = 500" in run_info
+    assert Path(final).suffix == ".png" and Path(video).suffix == ".mp4"
+    first = job.outputs()[0]  # the input as the model gets it comes first
+    assert Path(first[-2]).suffix == ".png" and "used as it is" in first[-1]
+    mask = {"background": None, "layers": [handle_file(str(tmp_path / "small_mask.png"))], "composite": None}
+    with pytest.raises(AppError, match="no input image"):
+        client.predict(server[1], None, *edit[2:], api_name="/edit")
+    with pytest.raises(AppError, match="greater than maximum value 1"):  # gradio checks the slider's range
+        client.predict(*edit[:4], 1.5, *edit[5:], api_name="/edit")
+    small = np.full((5, 5, 4), 255, dtype=np.uint8)  # painted all over, the wrong size
+    Image.fromarray(small).save(tmp_path / "small_mask.png")
+    with pytest.raises(AppError, match="the mask is 5x5 but must be 12x12"):
+        client.predict(*edit[:2], mask, *edit[3:], api_name="/edit")
+    *_, status, strip, morph, files, run_info = client.predict(server[1], 3, 8, "0 · Horizontal", "2 · Square", 3,
+                                                                2.0, 4, "ddpm", 0.0, "fp32", api_name="/interpolate")
+    assert status.startswith("**Done:** 3 images, 4 steps") and "switched to DPM-Solver++(2M), 4 steps" in status
+    assert Path(strip).suffix == ".png" and Path(morph).suffix == ".mp4" and len(files) == 3
+    with pytest.raises(AppError, match="pick an example or upload an image first"):  # no x_0 in this session
+        client.predict(server[1], 100, 0, "1 · Vertical", api_name="/denoise_from_here")
+    assert client.predict(*api_args(server[1], steps=2, n_images=1), api_name="/generate")[2].startswith("**Done:**")
 
 
 def call_raw(url: str, data: list) -> tuple[str, str]:

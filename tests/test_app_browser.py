@@ -26,15 +26,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
                                  reason="needs Debian's chromium at /usr/bin/chromium")]
 
-# Collects, in the page, every src the live x_t image gets and whether the final image was there yet.
-WATCH_LIVE_FRAMES = """() => {
+# Collects, in the page, every src the live x_t image gets and whether the final image was there yet; p is the
+# tab's elem_id prefix ("" for Generate, "edit-" for Start from an image).
+WATCH_LIVE_FRAMES = """(p) => {
   window.__live = [];
   const seen = () => {
-    const img = document.querySelector('#live-xt img');
-    const final = document.querySelector('#final img');
+    const img = document.querySelector(`#${p}live-xt img`);
+    const final = document.querySelector(`#${p}final img`);
     if (img && img.src && (window.__live.length === 0 || window.__live.at(-1).src !== img.src)) {
       window.__live.push({src: img.src, finalShown: !!(final && final.src),
-                          status: document.querySelector('#status')?.innerText || ''});
+                          status: document.querySelector(`#${p}status`)?.innerText || ''});
     }
   };
   new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, attributes: true,
@@ -72,6 +73,12 @@ def app_url(tiny_checkpoint, tmp_path_factory, with_sampling):
         demo.close()
 
 
+def browser(p, profile: Path):
+    """Debian's Chromium, headless, on a fresh profile."""
+    return p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                headless=True, viewport={"width": 1300, "height": 1000})
+
+
 def test_generate_in_the_browser(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -79,9 +86,7 @@ def test_generate_in_the_browser(app_url, tmp_path):
     artifacts.mkdir(parents=True, exist_ok=True)
     requests: list[str] = []
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1300, "height": 1000})
+        context = browser(p, tmp_path / "profile")
         try:
             context.on("request", lambda r: requests.append(r.url))
             page = context.new_page()
@@ -108,7 +113,7 @@ def test_generate_in_the_browser(app_url, tmp_path):
             page.get_by_label("DDPM (ancestral)").check()
             expect(steps).to_have_value("300")
 
-            page.evaluate(WATCH_LIVE_FRAMES)
+            page.evaluate(WATCH_LIVE_FRAMES, "")
             page.get_by_role("button", name="Generate").click()
             expect(page.locator("#status")).to_contain_text("Done:", timeout=120_000)
 
@@ -176,3 +181,68 @@ def test_generate_in_the_browser(app_url, tmp_path):
     outside = [u for u in requests if urlsplit(u).scheme not in ("data", "blob")
                and urlsplit(u).hostname != "127.0.0.1"]
     assert requests and not outside, outside
+
+
+def test_a_drawing_becomes_an_image_in_the_browser(app_url, tmp_path):
+    """Start from an image: draw on a new sketch, run image-to-image, and watch it stream to a final image."""
+    from playwright.sync_api import expect, sync_playwright
+
+    artifacts = Path(os.environ.get("DDPM_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        context = browser(p, tmp_path / "profile")
+        try:
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(app_url)
+            page.get_by_role("tab", name="Start from an image").click()
+            tab = page.locator("#edit-tab")
+            expect(tab.locator("#edit-live-xt")).to_be_visible(timeout=60_000)
+
+            # a new white canvas: Invert ticks itself, the tiny model's images being light on black
+            tab.get_by_role("button", name="New sketch (white canvas)").click()
+            expect(tab.get_by_label("Invert (dark on light → light on dark)")).to_be_checked(timeout=30_000)
+            canvas = tab.locator("#edit-image canvas").first
+            expect(canvas).to_be_visible()
+            page.wait_for_timeout(500)
+            box = canvas.bounding_box()
+            for x in (0.45, 0.55):  # a vertical bar, in two dark strokes
+                page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * 0.15)
+                page.mouse.down()
+                for k in range(1, 5):  # few moves: each one repaints the editor (slow in headless Chromium)
+                    page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * (0.15 + 0.175 * k))
+                page.mouse.up()
+            page.wait_for_timeout(500)
+
+            strength = tab.get_by_label("number input for Strength")
+            strength.fill("0.8")
+            strength.press("Enter")
+            steps = tab.get_by_label("number input for Steps")
+            steps.fill("1000")  # 800 steps from t = 799: long enough for the tiny model to stream several frames
+            steps.press("Enter")
+            tab.get_by_label("1", exact=True).check()
+            page.evaluate(WATCH_LIVE_FRAMES, "edit-")
+            tab.get_by_role("button", name="Run from this picture").click()
+            expect(tab.locator("#edit-status")).to_contain_text("Done: 800 steps", timeout=120_000)
+
+            live = page.evaluate("window.__live")
+            before_end = [f for f in live if not f["finalShown"] and not f["status"].startswith("Done")]
+            assert len({f["src"] for f in before_end}) >= 3, live  # x_t streamed while it ran
+            # (the status line may render a moment after the first frame)
+            statuses = [f["status"] for f in live]
+            assert all(s.startswith(("Step", "Sampling")) for s in statuses[1:len(before_end)]), statuses
+            expect(tab.locator("#edit-view img")).to_be_visible()  # what the model starts from
+            notes = tab.locator("#edit-notes")
+            expect(notes).to_contain_text("inverted")
+            expect(notes).to_contain_text("to the model's 12x12")
+            final = tab.locator("#edit-final img")
+            expect(final).to_be_visible(timeout=30_000)
+            assert final.get_attribute("src").endswith(".png")
+            expect(tab.locator("#edit-video video")).to_be_visible(timeout=30_000)
+            expect(tab.locator("#edit-run-info")).to_contain_text("strength 0.8: from t = 799")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(artifacts / "app_edit.png"), full_page=True)
+        finally:
+            context.close()
+    assert not errors, errors

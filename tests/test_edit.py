@@ -237,14 +237,27 @@ def test_any_image_is_brought_to_the_model_with_notes(pipe, tmp_path):
     Image.fromarray(rgba).save(path)
     edit = pipe.edit(path, strength=0.5)
     assert edit.init.shape == (1, 1, 12, 12)
-    assert edit.notes == ("transparency composited on white", "converted colour to grayscale",
-                          "centre-cropped to 40x40", "resized 60x40 to the model's 12x12")
+    assert edit.notes == ("transparency composited on white", "centre-cropped to 40x40",
+                          "resized 60x40 to the model's 12x12")  # black and white: no colour to drop
     x = edit.init[0, 0]
     assert float(x[:, 0].max()) < -0.9 and float(x[:, -1].min()) > 0.9  # black left, white right
     mask = np.zeros((40, 60), np.uint8)
     mask[:, 30:] = 255  # the input's size: cropped and resized with it
     m = pipe.edit(path, mask=mask).mask[0, 0]
     assert m.shape == (12, 12) and not m[:, :5].any() and m[:, 7:].all()
+
+
+def test_what_is_not_done_is_not_reported(pipe):
+    """An opaque gray picture sent as RGBA (what a browser's image editor sends) at the model's size: no notes."""
+    gray = np.zeros((12, 12, 4), np.uint8)
+    gray[..., :3] = np.arange(12, dtype=np.uint8)[:, None, None] * 20
+    gray[..., 3] = 255
+    edit = pipe.edit(gray)
+    assert edit.notes == ()
+    assert torch.allclose(edit.init[0, 0, :, 0], torch.arange(12) * 20 / 127.5 - 1)
+    red = np.zeros((12, 12, 3), np.uint8)
+    red[..., 0] = 200
+    assert pipe.edit(red).notes == ("converted colour to grayscale",)
 
 
 def test_rgb_models_take_grayscale_input(tiny_checkpoint, tmp_path):

@@ -266,6 +266,14 @@ def test_forward_view(registry, model):
     for bad in (1000, 2.5, "3"):
         with pytest.raises(ValueError, match=r"t must be an integer in 0\.\.999"):
             handlers.forward_view(registry, model, x0, bad)
+    seeded = handlers.forward_view(registry, model, x0, 500, 9)  # another noise seed: another x_t
+    assert seeded.x_t.tobytes() != handlers.forward_view(registry, model, x0, 500).x_t.tobytes()
+    x0_model, eps, x_t = handlers.forward_x_t(registry.get(model), x0, 500, 9)
+    ab = alpha_bar[500].item()
+    assert torch.allclose(x_t, ab ** 0.5 * x0_model + (1 - ab) ** 0.5 * eps, atol=1e-6)  # q(x_t | x_0), eq. 4
+    assert torch.equal(eps, torch.randn((1, 1, 12, 12), generator=torch.Generator().manual_seed(9)))
+    with pytest.raises(ValueError, match=r"noise seed must be an integer in 0\.\."):
+        handlers.forward_view(registry, model, x0, 10, -1)
     empty = handlers.forward_view(registry, model, None, 10)
     assert (empty.x_t, empty.strip, empty.text) == (None, None, "Pick an example or upload an image.")
 

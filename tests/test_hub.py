@@ -530,6 +530,7 @@ def fake_project(root: Path, checkpoint: Path) -> Path:
     (root / "ddpm" / "__pycache__").mkdir()
     (root / "ddpm" / "__pycache__" / "hub.cpython-311.pyc").write_bytes(b"junk")
     (root / "app.py").write_text("import os\nprint(os.environ.get('DDPM_HUB_REPO'))\n")
+    (root / "app_layout.py").write_text("LAYOUT = 1\n")
     shutil.copy(ROOT / "requirements.txt", root / "requirements.txt")
     ckpt = root / "checkpoints" / "fashion-mnist"
     ckpt.mkdir(parents=True)
@@ -553,7 +554,7 @@ def test_deploy_space_uploads_exactly_the_space_files(checkpoint, hub, tmp_path)
     push(checkpoint, "user/tiny", hub)
     root = fake_project(tmp_path / "project", checkpoint)
     ddpm_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ddpm").rglob("*.py") if "__pycache__" not in p.parts}
-    expected = {"README.md", "app.py", "requirements.txt", *ddpm_files,
+    expected = {"README.md", "app.py", "app_layout.py", "requirements.txt", *ddpm_files,
                 *(f"checkpoints/fashion-mnist/{n}" for n in ("config.json", "model.safetensors", "README.md",
                                                              "samples.png", "examples/sneaker/final.png"))}
     assert set(space_files(root)) | {"README.md"} == expected
@@ -660,3 +661,15 @@ def test_preload_entries_name_files_and_a_commit():
     with pytest.raises(ValueError, match="names its files"):
         preload_entry(f"user/tiny@{commit}")
 
+
+
+def test_the_space_gets_every_local_module_the_app_imports():
+    """A module app.py imports from the project's top level (not ddpm/, shipped whole) must be in the Space."""
+    import ast
+
+    tree = ast.parse((ROOT / "app.py").read_text(encoding="utf-8"))
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    local = {f"{n}.py" for n in names if (ROOT / f"{n}.py").is_file()}
+    assert local, "app.py imports no top-level module: update this test"
+    assert local <= set(space_files(ROOT)), local - set(space_files(ROOT))

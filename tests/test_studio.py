@@ -24,9 +24,9 @@ from ddpm.studio import (
     class_scales,
     forward_noise,
     guidance_sweep,
-    image_to_model,
     label_choices,
     log_snr_timesteps,
+    parse_integer,
     parse_label,
     parse_request,
     q_sample_at,
@@ -219,24 +219,21 @@ def test_guidance_sweep_rows_match_single_runs_with_the_interval(interval_checkp
     assert not torch.equal(rows[2], unlimited[2])
 
 
-def test_image_to_model_crops_resizes_and_converts():
-    img = np.zeros((40, 60, 3), dtype=np.uint8)
-    img[:, 10:50] = 255  # the centre 40x40 square is white; the side bands are black and cropped away
-    x = image_to_model(img, (1, 12, 12))
-    assert x.shape == (1, 1, 12, 12) and x.min() >= -1 and x.max() <= 1
-    assert torch.allclose(x, torch.ones_like(x))
-    gray = image_to_model(np.full((12, 12), 0, dtype=np.uint8), (3, 8, 8))
-    assert gray.shape == (1, 3, 8, 8) and torch.all(gray == -1)
-    with pytest.raises(ValueError, match="uint8"):
-        image_to_model(np.zeros((4, 4), dtype=np.float32), (1, 4, 4))
-    with pytest.raises(ValueError, match=r"shape \(H, W\) or \(H, W, 1\|3\|4\)"):
-        image_to_model(np.zeros((4, 4, 2), dtype=np.uint8), (1, 4, 4))
+def test_parse_integer_takes_what_a_browser_sends_and_names_the_range():
+    assert parse_integer("k", 3.0, 2, 64) == 3 and isinstance(parse_integer("k", 3.0, 2, 64), int)
+    for bad in (1, 65, 2.5, "3", True, None, float("nan")):
+        with pytest.raises(ValueError, match=r"k must be an integer in 2\.\.64, got "):
+            parse_integer("k", bad, 2, 64)
 
 
 def test_forward_helpers(pipe):
     x0 = torch.zeros(1, 1, 12, 12)
     eps = forward_noise(x0)
     assert torch.equal(eps, forward_noise(x0))  # fixed noise: sliding t only changes the level
+    assert not torch.equal(eps, forward_noise(x0, seed=1))
+    # the numbers of a sampler's first draw for image 0 of the seed (what "denoise from here" relies on)
+    first_draw = torch.randn((1, 12, 12), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(forward_noise(x0, seed=7)[0], first_draw)
     x_end = q_sample_at(pipe.schedule, x0 + 1, pipe.T - 1, eps)
     ab = float(pipe.schedule.alpha_bar[-1])
     assert torch.allclose(x_end, ab**0.5 * (x0 + 1) + (1 - ab) ** 0.5 * eps, atol=1e-6)  # eq. 4 of Ho et al.

@@ -70,15 +70,18 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's index of C
 CPU_WHEELS = ("torch", "torchvision", "torchaudio")  # the packages that index builds without CUDA
 
 
+APP_FILES = ("app.py", "app_layout.py", "requirements.txt")  # the top-level files the Space runs
+
+
 def space_files(root: str | Path = PROJECT_ROOT) -> dict[str, Path]:
     """path in the Space -> local file: exactly what the app needs to start, nothing else.
 
-    app.py, the ddpm package's .py files, requirements.txt, and the embedded default checkpoint (its
+    app.py and app_layout.py (the page), the ddpm package's .py files, requirements.txt, and the embedded default checkpoint (its
     config, weights, card, sample grid and examples/) when present. No tests, caches, runs or training state.
     """
     root = Path(root)
     files: dict[str, Path] = {}
-    for name in ("app.py", "requirements.txt"):
+    for name in APP_FILES:
         if not (root / name).is_file():
             raise ValueError(f"{str(root / name)!r} not found; --root must be the ddpm-studio project folder")
         files[name] = root / name
