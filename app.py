@@ -5,7 +5,7 @@
     python app.py --hub user/repo@rev                 # a Hugging Face Hub repo (or DDPM_HUB_REPO=user/repo)
 
 The address is --host / --port, else GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets 0.0.0.0:7860),
-else 127.0.0.1:7860.
+else 127.0.0.1:7860. Hosting limits: DDPM_MAX_COST, DDPM_TIME_LIMIT_S (ddpm.budget) and DDPM_QUEUE_SIZE.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import argparse
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,12 +25,12 @@ import gradio as gr
 from app_layout import CSS, PRIVATE, control_updates, edit_tab, forward_tab, generate_tab, interpolate_tab
 from ddpm import edit_handlers, handlers, interp_handlers
 from ddpm.allocator import tune_allocator
+from ddpm.budget import Budget, queue_size_from_env
 from ddpm.registry import ModelRegistry, local_checkpoints
 from ddpm.torch_thread import TorchThread
 from ddpm.torch_thread import torch_thread as shared_torch_thread
 
 DEFAULT_CHECKPOINT = "checkpoints/fashion-mnist"
-QUEUE_SIZE = 16
 RUNS_DIR = Path(tempfile.gettempdir()) / "ddpm-studio-runs"  # PNG / GIF / MP4 of finished runs (kept 10 minutes)
 RUN = dict(concurrency_id="model", concurrency_limit=1)  # every sampling run: one at a time, through the queue
 
@@ -40,6 +41,26 @@ def _checked(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from e
+
+
+def _streamed(o: SimpleNamespace, show: Callable[[object], dict], fn, *args, **kwargs) -> Iterator[dict]:
+    """fn's updates as show(u). A ValueError (bad input, over the server's budget or time limit), at the call or while
+    it runs, goes into o.status (what was streamed stays) and is raised as gr.Error: the page's toast, a client's
+    AppError."""
+    try:
+        for u in fn(*args, **kwargs):
+            yield show(u)
+    except ValueError as e:
+        yield {o.status: f"⚠️ {e}"}
+        raise gr.Error(str(e), print_exception=False) from e
+
+
+def _from_env(read: Callable[[], object]) -> object:
+    """read() (a setting from the environment); a bad value stops start-up with its message."""
+    try:
+        return read()
+    except ValueError as e:
+        raise SystemExit(f"ddpm-studio: {e}") from e
 
 
 def shown(u, o: SimpleNamespace) -> dict:
@@ -59,16 +80,22 @@ def shown(u, o: SimpleNamespace) -> dict:
 
 # -- the app ---------------------------------------------------------------------------------------------
 def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpoints_dir: str = "checkpoints",
-               torch_thread: TorchThread | None = None) -> gr.Blocks:
+               torch_thread: TorchThread | None = None, budget: Budget | None = None,
+               queue_size: int | None = None) -> gr.Blocks:
     """The Blocks app. Models: `hub` (if given), then `checkpoint` (default checkpoints/fashion-mnist), then
     the other checkpoint folders in `checkpoints_dir`. A model that fails to load is reported on the page and
     the next one is used.
+
+    budget: what one request may cost (default: DDPM_MAX_COST, DDPM_TIME_LIMIT_S); queue_size: how many requests
+    may wait (default: DDPM_QUEUE_SIZE, else 16; 0 = no limit). A bad variable stops start-up with its message.
 
     Models load, and every handler that touches them runs, on `torch_thread` (default: the process's one,
     ddpm.torch_thread): gradio's worker threads would each start an OpenMP team of their own, which slows
     sampling on a 2-core machine by about 1.9x (bench/bench_threads.py).
     """
     tt = torch_thread or shared_torch_thread()
+    budget = budget or _from_env(Budget.from_env)
+    queue_size = _from_env(queue_size_from_env) if queue_size is None else queue_size or None
     preferred = [s for s in (hub, checkpoint or DEFAULT_CHECKPOINT) if s]
     registry = ModelRegistry([*preferred, *local_checkpoints(checkpoints_dir)])
     try:
@@ -84,33 +111,37 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
     def generate(model, label, cfg, steps, seed, n_images, sampler, eta, precision, limit_guidance=False, spacing=1.0,
                  redraws=0):
         """Stream x_t and x0_pred while sampling, then the final grid, GIF, MP4 and the recorded frames."""
-        for u in _checked(handlers.generate, registry, model, label=label, seed=seed, n_images=n_images,
-                          limit_guidance=limit_guidance, runs_dir=RUNS_DIR, cfg=cfg, steps=steps, sampler=sampler,
-                          eta=eta, precision=precision, spacing=spacing, redraws=redraws):
-            yield shown(u, g)
+        yield from _streamed(g, lambda u: shown(u, g), handlers.generate, registry, model, label=label, seed=seed,
+                             n_images=n_images, limit_guidance=limit_guidance, runs_dir=RUNS_DIR, budget=budget,
+                             cfg=cfg, steps=steps, sampler=sampler, eta=eta, precision=precision, spacing=spacing,
+                             redraws=redraws)
 
     def edit(model, image, mask, invert, strength, label, cfg, steps, seed, n_images, sampler, eta, precision,
              limit_guidance=False, spacing=1.0, jumps=0):
         """Image-to-image (and inpainting where the mask is painted), streamed like Generate."""
-        for u in _checked(edit_handlers.edit, registry, model, image=image, mask=mask, invert=invert,
-                          strength=strength, jumps=jumps, label=label, seed=seed, n_images=n_images,
-                          limit_guidance=limit_guidance, runs_dir=RUNS_DIR, cfg=cfg, steps=steps, sampler=sampler,
-                          eta=eta, precision=precision, spacing=spacing):
-            yield {e.view: u.view, e.notes: u.notes} if isinstance(u, edit_handlers.Prepared) else shown(u, e)
+        def show(u):
+            return {e.view: u.view, e.notes: u.notes} if isinstance(u, edit_handlers.Prepared) else shown(u, e)
+
+        yield from _streamed(e, show, edit_handlers.edit, registry, model, image=image, mask=mask, invert=invert,
+                             strength=strength, jumps=jumps, label=label, seed=seed, n_images=n_images,
+                             limit_guidance=limit_guidance, runs_dir=RUNS_DIR, budget=budget, cfg=cfg, steps=steps,
+                             sampler=sampler, eta=eta, precision=precision, spacing=spacing)
 
     def interpolate(model, seed_a, seed_b, label_a, label_b, k, cfg, steps, sampler, eta, precision,
                     limit_guidance=False, spacing=1.0):
         """k images from seed A's noise to seed B's: live strips, then the strip and the morph."""
-        for u in _checked(interp_handlers.interpolate, registry, model, seed_a=seed_a, seed_b=seed_b, label_a=label_a,
-                          label_b=label_b, k=k, limit_guidance=limit_guidance, runs_dir=RUNS_DIR, cfg=cfg,
-                          steps=steps, sampler=sampler, eta=eta, precision=precision, spacing=spacing):
-            yield shown(u, i)
+        yield from _streamed(i, lambda u: shown(u, i), interp_handlers.interpolate, registry, model, seed_a=seed_a,
+                             seed_b=seed_b, label_a=label_a, label_b=label_b, k=k, limit_guidance=limit_guidance,
+                             runs_dir=RUNS_DIR, budget=budget, cfg=cfg, steps=steps, sampler=sampler, eta=eta,
+                             precision=precision, spacing=spacing)
 
     def denoise_from_here(model, x0_small, t, seed, label):
         """The sampler from the forward tab's x_t down to t = 0, streamed in that tab."""
-        for u in _checked(edit_handlers.denoise_from_here, registry, model, x0=x0_small, t=t, seed=seed, label=label,
-                          runs_dir=RUNS_DIR):
-            yield {f.live_xt: str(u.png), f.status: u.status} if isinstance(u, handlers.Finished) else shown(u, f)
+        def show(u):
+            return {f.live_xt: str(u.png), f.status: u.status} if isinstance(u, handlers.Finished) else shown(u, f)
+
+        yield from _streamed(f, show, edit_handlers.denoise_from_here, registry, model, x0=x0_small, t=t, seed=seed,
+                             label=label, runs_dir=RUNS_DIR, budget=budget)
 
     def scrub(index, recorded):
         """Show a recorded step of the finished run (no re-sampling)."""
@@ -120,7 +151,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
     def explore(model, label, steps, seed, sampler, eta, precision, limit_guidance=False, spacing=1.0):
         """The same seed and label at several CFG scales, side by side."""
         return _checked(handlers.explore, registry, model, label=label, seed=seed, limit_guidance=limit_guidance,
-                        steps=steps, sampler=sampler, eta=eta, precision=precision, spacing=spacing)
+                        budget=budget, steps=steps, sampler=sampler, eta=eta, precision=precision, spacing=spacing)
 
     def select_model(model):
         """Switch model: relabel the controls for it. On failure, report it and go back to the first model."""
@@ -177,6 +208,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
         x0_state = gr.State(None)  # this session's forward-process x_0, uint8 (H, W, C) at the model's size
         gr.Markdown("# DDPM Studio\nWatch a denoising diffusion model turn noise into an image, step by step.",
                     elem_id="header")
+        gr.Markdown(budget.describe(queue_size), elem_id="limits")  # what a request may cost on this server
         model_note = gr.Markdown(notice, visible=bool(notice), elem_id="model-note")
         with gr.Row():
             model_dd = gr.Dropdown(registry.sources, value=start, label="Model", scale=1,
@@ -243,7 +275,7 @@ def build_demo(checkpoint: str | None = None, hub: str | None = None, *, checkpo
                   concurrency_limit=2, show_progress="hidden")
         f.seed.input(forward_view, forward_inputs, forward_outputs, trigger_mode="always_last", **PRIVATE)
         demo.load(example_choices, model_dd, [f.example, e.example, e.invert], **PRIVATE)
-    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)  # when full, gradio turns a request away
     return demo
 
 

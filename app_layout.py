@@ -28,6 +28,7 @@ CSS = """
 .gradio-container { max-width: 1280px !important; margin: auto; }
 .status { min-height: 2.2em; }
 #header h1 { margin-bottom: 0.1em; }
+#limits p { margin: 0; font-size: 0.9em; opacity: 0.75; }
 .explain p { margin: 0.25em 0; }
 """
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     pipe = ddpm.load(args.checkpoint)
-    opts = pipe.options()  # the recommendation, as the app starts
+    opts = pipe.options(precision="auto")  # the recommendation with the app's precision (bf16 from a network batch of 16)
     label = (args.label or pipe.label_names[0]) if pipe.conditional else None
     labels = [label] * args.n if label is not None else None
     n = None if labels is not None else args.n

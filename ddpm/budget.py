@@ -8,6 +8,7 @@ The cost of a request is counted in image-steps, one image through one denoising
 2 CPU cores of a free Hugging Face Space the shipped 28x28 model runs about 270 image-steps a second with guidance
 (the app's default 16 images x 50 steps take ~3 s), so the default cap, 8,000, is a request of about 30 s. A Space
 sets its own with one environment variable, DDPM_MAX_COST (and DDPM_TIME_LIMIT_S for the time limit); 0 = no cap.
+DDPM_QUEUE_SIZE sets how many requests may wait in the app's queue (gradio turns more away).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from typing import TypeVar
 
 COST_ENV = "DDPM_MAX_COST"
 TIME_ENV = "DDPM_TIME_LIMIT_S"
+QUEUE_ENV = "DDPM_QUEUE_SIZE"
 DEFAULT_MAX_COST = 8_000  # image-steps: ~30 s on 2 CPU cores for the 28x28 models
 DEFAULT_TIME_LIMIT_S = 120.0  # a running request is stopped after this long (queueing does not count)
+IMAGE_STEPS_PER_S = 270  # the shipped 28x28 model with guidance on 2 CPU cores, for the messages
+DEFAULT_QUEUE_SIZE = 16  # requests waiting at most; a run takes ~3 s, so the last one waits about a minute
 
 S = TypeVar("S")
 
@@ -34,6 +38,31 @@ class BudgetError(ValueError):
 def request_cost(images: int, steps: int, *, redraws: int = 0, jumps: int = 0, passes: int = 1) -> int:
     """Image-steps of a request (see the module docstring)."""
     return int(images) * int(steps) * (1 + int(redraws)) * (1 + int(jumps)) * int(passes)
+
+
+def request_words(images: int, steps: int, *, redraws: int = 0, jumps: int = 0, passes: int = 1) -> str:
+    """How request_cost adds up, for a message: "4 images x 50 steps x (1 + 2 redraw rounds)"."""
+    parts = [f"{images} image{'s' if images != 1 else ''}", f"{steps} step{'s' if steps != 1 else ''}"]
+    if redraws:
+        parts.append(f"(1 + {redraws} redraw round{'s' if redraws != 1 else ''})")
+    if jumps:
+        parts.append(f"(1 + {jumps} resampling round{'s' if jumps != 1 else ''})")
+    if passes != 1:
+        parts.append(f"{passes} guided passes")
+    return " x ".join(parts)
+
+
+def queue_size_from_env(env: Mapping[str, str] | None = None) -> int | None:
+    """How many requests may wait in the queue: DDPM_QUEUE_SIZE (default 16); None for 0 (no limit)."""
+    env = os.environ if env is None else env
+    raw = env.get(QUEUE_ENV, "").strip()
+    try:
+        size = int(raw) if raw else DEFAULT_QUEUE_SIZE
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise ValueError(f"{QUEUE_ENV}={raw!r}: expected a whole number of requests >= 0 (0 = no limit)")
+    return size or None
 
 
 @dataclass(frozen=True)
@@ -65,17 +94,25 @@ class Budget:
             raise ValueError(f"{TIME_ENV}={limit!r}: expected a number of seconds (0 = no limit)") from None
         return cls(max_cost=max_cost, time_limit_s=time_limit)
 
-    def describe(self) -> str:
-        """One line for the page: what a request may cost here."""
+    def describe(self, queue_size: int | None = None) -> str:
+        """One line for the page: what a request may cost here (and how many may wait, given queue_size)."""
         cost = "any size" if not self.max_cost else f"up to {self.max_cost:,} image-steps (images x steps x rounds)"
         limit = "" if not self.time_limit_s else f", stopped after {self.time_limit_s:g} s"
-        return f"Requests on this server: {cost}{limit}."
+        queue = f"; at most {queue_size} wait in the queue" if queue_size else ""
+        return f"Requests on this server: {cost}{limit}{queue}."
 
     def check(self, cost: int, what: str) -> None:
         """Raise BudgetError if a request of `cost` image-steps (`what`: how it adds up) is over the cap."""
         if self.max_cost and cost > self.max_cost:
+            seconds = max(1, round(self.max_cost / IMAGE_STEPS_PER_S))
             raise BudgetError(f"this request is {what} = {cost:,} image-steps; this server allows {self.max_cost:,} "
-                              f"per request (about 30 s on 2 CPU cores): use fewer steps or images")
+                              f"per request (about {seconds} s on 2 CPU cores): use fewer steps or images")
+
+    def check_request(self, images: int, steps: int, *, redraws: int = 0, jumps: int = 0, passes: int = 1) -> int:
+        """check() for a request of request_cost(...), its message saying how the cost adds up; returns the cost."""
+        cost = request_cost(images, steps, redraws=redraws, jumps=jumps, passes=passes)
+        self.check(cost, request_words(images, steps, redraws=redraws, jumps=jumps, passes=passes))
+        return cost
 
     def limit(self, steps: Iterable[S], clock: Callable[[], float] = time.monotonic) -> Iterator[S]:
         """The same items, but a BudgetError once the request has run longer than time_limit_s."""
@@ -85,3 +122,6 @@ class Budget:
             if self.time_limit_s and clock() - start > self.time_limit_s:
                 raise BudgetError(f"this request ran longer than this server's limit of {self.time_limit_s:g} s "
                                   "per request and was stopped: use fewer steps or images")
+
+
+UNLIMITED = Budget(max_cost=0, time_limit_s=0)  # the library's default: any request, any time

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .budget import UNLIMITED, Budget
 from .edit import MAX_JUMPS, Edit
 from .handlers import STREAM_RATE, Finished, Live, enlarged, stream_run
 from .images import ImageLike, load_image, load_mask, to_uint8
@@ -197,17 +198,20 @@ def prepare_edit(pipe: Pipeline, image: object, mask: object = None, *, invert: 
 def edit(registry: ModelRegistry, model: object, *, image: object, mask: object = None, invert: object = False,
          strength: object = 0.6, jumps: object = 0, label: object, seed: object, n_images: object,
          limit_guidance: object = False, runs_dir: Path, stream_rate: float = STREAM_RATE,
-         **settings: object) -> Iterator[Prepared | Live | Finished]:
+         budget: Budget = UNLIMITED, **settings: object) -> Iterator[Prepared | Live | Finished]:
     """Image-to-image from `image` (an editor's value or a picture), inpainting where `mask` is painted: checked now
     (ValueError), then one Prepared, and the run streamed as handlers.generate streams it (images i: seed + i).
 
-    settings: SamplerOptions fields by name, as for generate (edits never redraw)."""
+    settings: SamplerOptions fields by name, as for generate (edits never redraw). budget: the cost is images x the
+    steps that run (round(strength x steps), Edit.timesteps) x (1 + jumps)."""
     pipe = registry.get(model)
     request = parse_request(pipe, label=label, seed=seed, n_images=n_images, limit_guidance=limit_guidance,
                             **{**settings, "redraws": 0})
     e = prepare_edit(pipe, image, mask, invert=invert, strength=strength, jumps=jumps)
-    steps = request.stream(pipe, e)  # checks strength, mask and jumps now
+    e.validate(pipe.image_shape, request.n_images)  # strength, mask and jumps, before they are counted
     ts = e.timesteps(pipe.T, request.options)
+    budget.check_request(request.n_images, len(ts), jumps=e.jumps)
+    steps = budget.limit(request.stream(pipe, e))
     about = f"seed {request.seed} · strength {float(e.strength):g}" + (" · inpainting" if e.mask is not None else "")
     info = [request.describe(), f"strength {float(e.strength):g}: from t = {ts[0]}"]
     if e.mask is not None:
@@ -226,18 +230,21 @@ def edit(registry: ModelRegistry, model: object, *, image: object, mask: object 
 
 # -- denoise from here (the forward-process tab) -----------------------------------------------------------
 def denoise_from_here(registry: ModelRegistry, model: object, *, x0: np.ndarray | None, t: object, seed: object,
-                      label: object, runs_dir: Path, stream_rate: float = STREAM_RATE) -> Iterator[Live | Finished]:
+                      label: object, runs_dir: Path, stream_rate: float = STREAM_RATE,
+                      budget: Budget = UNLIMITED) -> Iterator[Live | Finished]:
     """The sampler from the forward tab's x_t (x0 uint8 at the model's size, noise seed `seed`) down to t = 0: SDEdit
     with strength t / (T-1) and that seed, whose first input is exactly that x_t (studio.forward_noise); the model's
-    recommended settings for the class."""
+    recommended settings for the class. budget: the cost is the steps that run."""
     pipe = registry.get(model)
     if x0 is None:
         raise ValueError("pick an example or upload an image first: there is no x_t to denoise")
     t_i = parse_integer("t", t, 0, pipe.T - 1)
     request = parse_request(pipe, label=label, seed=seed, n_images=1, limit_guidance=True, redraws=0)
     e = pipe.edit(load_image(x0, pipe.image_shape)[0], strength=t_i / (pipe.T - 1))
-    steps = request.stream(pipe, e)
-    return stream_run(steps, pipe.schedule, e.timesteps(pipe.T, request.options), runs_dir=runs_dir,
+    ts = e.timesteps(pipe.T, request.options)
+    budget.check_request(1, len(ts))
+    steps = budget.limit(request.stream(pipe, e))
+    return stream_run(steps, pipe.schedule, ts, runs_dir=runs_dir,
                       stream_rate=stream_rate, name=f"denoise_t{t_i}_seed{request.seed}",
                       about=f"from t = {t_i} · noise seed {request.seed}",
                       info=f"{request.describe()} · from the forward process's x_t at t = {t_i}")

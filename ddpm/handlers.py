@@ -5,7 +5,9 @@
         ...   # Live (status, enlarged x_t and x0_pred), then one Finished (files, recorded frames, images)
 
 Bad input raises ValueError naming the value and the allowed range (app.py shows it as gr.Error). Every handler that
-touches a model must run on the torch thread (ddpm.torch_thread): app.py wraps them so.
+samples takes the server's `budget` (ddpm.budget): a request over its cap is refused before anything runs, and a run
+longer than its time limit stops with a BudgetError (a ValueError). Every handler that touches a model must run on the
+torch thread (ddpm.torch_thread): app.py wraps them so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .budget import UNLIMITED, Budget
 from .device import choose_precision
 from .frames import Frame, Recorder, Throttle, grid_scale, to_grid
 from .images import load_image, to_pil, to_uint8
@@ -206,16 +209,19 @@ def new_run_dir(root: Path, *, ttl_s: float = RUN_FILES_TTL_S) -> Path:
 
 def generate(registry: ModelRegistry, model: object, *, label: object, seed: object, n_images: object,
              limit_guidance: object = False, runs_dir: Path, stream_rate: float = STREAM_RATE,
-             **settings: object) -> Iterator[Live | Finished]:
+             budget: Budget = UNLIMITED, **settings: object) -> Iterator[Live | Finished]:
     """Check the request (ValueError now, not at the first next()), then stream the run: Live updates at most
     stream_rate per second (the first and last step always), then one Finished with files in a new runs_dir folder.
 
-    settings: SamplerOptions fields by name, as the page's controls send them (studio.parse_request)."""
+    settings: SamplerOptions fields by name, as the page's controls send them (studio.parse_request). budget: its
+    cost is images x steps x (1 + redraws)."""
     pipe = registry.get(model)
     request = parse_request(pipe, label=label, seed=seed, n_images=n_images, limit_guidance=limit_guidance,
                             **settings)
+    o = request.options
+    budget.check_request(request.n_images, o.steps, redraws=o.redraws if request.label is not None else 0)
     name = f"ddpm_seed{request.seed}" + (f"_label{request.label}" if request.label is not None else "")
-    return stream_run(request.stream(pipe), pipe.schedule, request.timesteps(pipe.T), runs_dir=runs_dir,
+    return stream_run(budget.limit(request.stream(pipe)), pipe.schedule, request.timesteps(pipe.T), runs_dir=runs_dir,
                       stream_rate=stream_rate, name=name, about=f"seed {request.seed}", info=request.describe(),
                       checking=bool(request.options.redraws))
 
@@ -283,10 +289,11 @@ def scrub(index: object, recorded: list[Frame]) -> Live:
 
 # -- the guidance explorer ---------------------------------------------------------------------------
 def explore(registry: ModelRegistry, model: object, *, label: object, seed: object, limit_guidance: object = False,
-            **settings: object) -> Gallery:
+            budget: Budget = UNLIMITED, **settings: object) -> Gallery:
     """The same seed and label at each of GUIDANCE_SCALES, side by side: [(image, "CFG w"), ...].
 
-    settings: SamplerOptions fields by name (not cfg: the sweep sets it)."""
+    settings: SamplerOptions fields by name (not cfg: the sweep sets it). budget: its cost is one image per scale x
+    steps."""
     pipe = registry.get(model)
     precision = settings.pop("precision", "auto")
     request = parse_request(pipe, label=label, seed=seed, n_images=1, limit_guidance=limit_guidance,
@@ -294,8 +301,9 @@ def explore(registry: ModelRegistry, model: object, *, label: object, seed: obje
     if request.label is None:
         raise ValueError("the guidance explorer needs a class-conditional model")
     prec, _ = choose_precision(precision, 2 * len(GUIDANCE_SCALES), pipe.device)  # the sweep's own batch
+    budget.check_request(len(GUIDANCE_SCALES), request.options.steps)
     sweep = Request(request.options.replace(precision=prec), request.label, request.seed, 1)
-    grids = to_uint8(guidance_sweep(pipe, sweep, GUIDANCE_SCALES))
+    grids = to_uint8(guidance_sweep(pipe, sweep, GUIDANCE_SCALES, limit=budget.limit))
     scale = grid_scale(grids.shape[2], 160)
     return [(to_pil(g, scale=scale), f"CFG {w:g}") for g, w in zip(grids, GUIDANCE_SCALES)]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .budget import UNLIMITED, Budget
 from .device import choose_precision
 from .edit import MAX_FRAMES
 from .frames import Recorder, grid_scale
@@ -72,12 +73,13 @@ def strip(x: torch.Tensor, px: int = STRIP_PX) -> Image.Image:
 
 def interpolate(registry: ModelRegistry, model: object, *, seed_a: object, seed_b: object, label_a: object = None,
                 label_b: object = None, k: object = 8, limit_guidance: object = False, runs_dir: Path,
-                stream_rate: float = STREAM_RATE, **settings: object) -> Iterator[Live | Morph]:
+                stream_rate: float = STREAM_RATE, budget: Budget = UNLIMITED, **settings: object
+                ) -> Iterator[Live | Morph]:
     """k images from seed A's noise to seed B's (pipe.interpolate): checked now, then Live strips of x_t and x0_pred
     at most stream_rate per second, then one Morph with files in a new runs_dir folder.
 
     label_b: None or SAME_CLASS keeps label_a. settings: SamplerOptions fields by name (a stochastic sampler is
-    switched to DPM-Solver++(2M), and the status says so)."""
+    switched to DPM-Solver++(2M), and the status says so). budget: the cost is k x steps (x 2 for two classes)."""
     pipe = registry.get(model)
     a = parse_integer("seed A", seed_a, 0, SEED_MAX)
     b = parse_integer("seed B", seed_b, 0, SEED_MAX)
@@ -91,10 +93,11 @@ def interpolate(registry: ModelRegistry, model: object, *, seed_a: object, seed_
         labels = (request.label, lb)
     options, switched = deterministic(request.options)
     passes = 2 if labels is not None and labels[0] != labels[1] else 1  # two classes: two guided evaluations
+    budget.check_request(k, options.steps, passes=passes)
     prec, why = choose_precision(precision, passes * network_batch(k, options, conditional=labels is not None),
                                  pipe.device)
     options = options.replace(precision=prec)
-    steps = pipe.interpolate(a, b, k=k, labels=labels, options=options)
+    steps = budget.limit(pipe.interpolate(a, b, k=k, labels=labels, options=options))
     names = [] if labels is None else [pipe.label_names[j] for j in dict.fromkeys(labels)]
     classes = f" · {' → '.join(names)}" if names else ""
     about = f"seeds {a} → {b} · {k} images{classes}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,12 +166,14 @@ def parse_request(pipe: Pipeline, *, label: object, seed: object, n_images: obje
 
 # -- guidance explorer -----------------------------------------------------------------------------
 @torch.no_grad()
-def guidance_sweep(pipe: Pipeline, request: Request, scales: Sequence[float] = GUIDANCE_SCALES) -> torch.Tensor:
+def guidance_sweep(pipe: Pipeline, request: Request, scales: Sequence[float] = GUIDANCE_SCALES, *,
+                   limit: Callable[[Iterator[Step]], Iterator[Step]] = iter) -> torch.Tensor:
     """The request's first image (seed, label, sampler, steps, interval) at each CFG scale: (len(scales), C, H, W).
 
     All scales go through the network in one batch (2 * len(scales) rows where guided) and every row uses the
     generator of request.seed, so row j is the image a 1-image request at cfg = scales[j] gives. The request's
-    precision is used as it is (the app chooses it for the sweep's batch).
+    precision is used as it is (the app chooses it for the sweep's batch). limit: wraps the steps (a server's time
+    limit, ddpm.budget.Budget.limit).
     """
     if request.label is None:
         raise ValueError("the guidance explorer needs a class-conditional model")
@@ -183,7 +185,7 @@ def guidance_sweep(pipe: Pipeline, request: Request, scales: Sequence[float] = G
     eps_fn = guided_eps_fn(pipe.model, y, cfg=torch.tensor([float(w) for w in scales], device=pipe.device),
                            null_label=pipe.config.model.num_classes, T=pipe.T,
                            guidance_interval=opts.guidance_interval, precision=opts.precision)  # a w per row
-    return run_to_end(solver_steps(eps_fn, pipe.schedule, x_T, rngs, opts)).clamp(-1, 1).cpu()
+    return run_to_end(limit(solver_steps(eps_fn, pipe.schedule, x_T, rngs, opts))).clamp(-1, 1).cpu()
 
 
 # -- forward process -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import app  # noqa: E402
 import ddpm.registry  # noqa: E402
 from conftest import PER_CLASS  # noqa: E402
 from ddpm import handlers  # noqa: E402
+from ddpm.budget import DEFAULT_QUEUE_SIZE, Budget  # noqa: E402
 from ddpm.registry import ModelRegistry  # noqa: E402
 from ddpm.studio import CFG_MAX  # noqa: E402
 from ddpm.torch_thread import TorchThread  # noqa: E402
@@ -135,7 +136,7 @@ def test_a_checkpoint_with_a_bad_recommendation_is_reported_and_skipped(tiny_che
 
 
 def test_queue_and_concurrency_settings(demo):
-    assert demo._queue.max_size == app.QUEUE_SIZE
+    assert demo._queue.max_size == DEFAULT_QUEUE_SIZE
     fns = {f.api_name: f for f in demo.fns.values()}
     assert fns["generate"].concurrency_limit == 1
     assert fns["generate"].concurrency_id == fns["guidance_explorer"].concurrency_id  # one model run at a time
@@ -168,6 +169,20 @@ def test_every_run_shares_the_one_queue_slot(demo):
     cancelled = {fns_id for f in stops for fns_id in f.cancels}
     assert {fns[n]._id for n in ("generate", "guidance_explorer", "edit", "interpolate", "denoise_from_here")} <= \
         cancelled
+
+
+def test_the_page_says_the_hosting_limits_and_a_bad_variable_stops_start_up(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_MAX_COST", "2_000")
+    monkeypatch.setenv("DDPM_QUEUE_SIZE", "5")
+    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path))
+    line = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "limits")
+    assert line == "Requests on this server: up to 2,000 image-steps (images x steps x rounds), stopped after 120 s; " \
+                   "at most 5 wait in the queue." and demo._queue.max_size == 5
+    for name, value in (("DDPM_MAX_COST", "lots"), ("DDPM_TIME_LIMIT_S", "soon"), ("DDPM_QUEUE_SIZE", "-1")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit, match=f"ddpm-studio: {name}='{value}': expected"):
+            app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path))
+        monkeypatch.delenv(name)
 
 
 def test_load_failure_is_shown_and_falls_back(tiny_checkpoint, tmp_path):
@@ -325,6 +340,65 @@ def test_api_two_users_at_once_get_their_own_results(client, server):
     for t in threads:
         t.join(timeout=300)
     assert results == alone and alone["a"] != alone["b"]
+
+
+@pytest.mark.slow
+def test_a_crowd_gets_images_or_a_clear_message(tiny_checkpoint, tmp_path):
+    """More users at once than the queue holds (2) and the run slot (1): each gets its images, exactly those of the
+    same request alone, or a clear message: the queue is full, or the request is over this server's budget."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import QueueError
+
+    tt = TorchThread()
+    demo = app.build_demo(str(tiny_checkpoint), checkpoints_dir=str(tmp_path / "none"), torch_thread=tt,
+                          budget=Budget(max_cost=100), queue_size=2)
+    port, model = free_port(), str(tiny_checkpoint)
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    crowd = [dict(seed=30 + j, n_images=1, steps=8) for j in range(6)] + [dict(seed=40, n_images=4, steps=30)]
+    results: dict[int, tuple[str, object]] = {}
+
+    def user(j: int) -> None:
+        try:
+            results[j] = ("done", Client(url, verbose=False).predict(*api_args(model, **crowd[j]),
+                                                                      api_name="/generate")[3])
+        except (QueueError, AppError) as e:
+            results[j] = (type(e).__name__, str(e))
+
+    gate = threading.Event()
+    busy = threading.Thread(target=tt.call, args=(gate.wait,))  # the torch thread is busy: the crowd must wait
+    busy.start()
+    threads = [threading.Thread(target=user, args=(j,)) for j in range(len(crowd))]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while sum(t.is_alive() for t in threads) > 3 and time.monotonic() < deadline:  # 1 running + 2 waiting
+            time.sleep(0.05)
+        gate.set()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(results) == len(crowd)
+        full = [m for kind, m in results.values() if kind == "QueueError"]
+        assert len(full) >= len(crowd) - 3 and all(m == "Queue is full! Please try again." for m in full)
+        refused = [m for kind, m in results.values() if kind == "AppError"]  # only the one over the budget
+        assert all(m.startswith("this request is 4 images x 30 steps = 120 image-steps; this server allows 100")
+                   for m in refused) and len(refused) == (results[6][0] != "QueueError")
+        done = {j: r for j, (kind, r) in results.items() if kind == "done"}
+        assert 1 <= len(done) <= 3
+        alone = Client(url, verbose=False)
+        for j, final in done.items():
+            again = alone.predict(*api_args(model, **crowd[j]), api_name="/generate")[3]
+            with Image.open(final) as a, Image.open(again) as b:
+                assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 1, j
+        job = alone.submit(*api_args(model, **crowd[6]), api_name="/generate")  # over the budget: in the status too
+        with pytest.raises(AppError, match="this server allows 100 per request"):
+            job.result(timeout=60)
+        assert job.outputs()[-1][2].startswith("⚠️ this request is 4 images x 30 steps = 120 image-steps")
+    finally:
+        gate.set()
+        demo.close()
 
 
 @pytest.mark.slow

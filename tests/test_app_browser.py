@@ -140,6 +140,19 @@ def test_generate_in_the_browser(app_url, tmp_path):
             box.press("Enter")
             expect(page.locator("#status")).to_contain_text("Recorded step 1/300", timeout=30_000)
 
+            # the page states the server's limits, and a request over them is refused with the reason in the status
+            expect(page.locator("#limits")).to_contain_text("up to 8,000 image-steps")
+            page.get_by_label("16", exact=True).check()
+            steps.fill("1000")
+            steps.press("Enter")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#status")).to_contain_text("16 images x 1000 steps = 16,000 image-steps; this server "
+                                                            "allows 8,000 per request", timeout=30_000)
+            expect(page.get_by_text("use fewer steps or images").first).to_be_visible()
+            page.get_by_label("4", exact=True).check()
+            steps.fill("300")
+            steps.press("Enter")
+
             # the slider moves in the browser: a Generate clicked at once after picking a class samples at its scale,
             # even when every request to the server takes a second (a busy Space)
             page.evaluate(SLOW_FETCH)

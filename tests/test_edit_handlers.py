@@ -12,6 +12,7 @@ from PIL import Image
 
 from ddpm import edit_handlers as eh
 from ddpm import handlers
+from ddpm.budget import Budget, BudgetError
 from ddpm.frames import Frame
 from ddpm.images import load_image
 from ddpm.options import SamplerOptions
@@ -144,6 +145,29 @@ def test_an_unreadable_file_is_refused(registry, model, tmp_path):
 
 
 # -- the pictures from the page ------------------------------------------------------------------------------
+def test_the_budget_counts_the_steps_that_run_and_the_resampling_rounds(registry, model, tmp_path):
+    mask = np.zeros((12, 12), dtype=np.uint8)
+    mask[:6] = 255
+    kw = dict(image=BAR, mask=mask, strength=0.5, jumps=2, n_images=4)  # round(0.5 x 10) = 5 steps run, 3 times
+    calls = []
+    hook = registry.get(model).model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(BudgetError, match=r"4 images x 5 steps x \(1 \+ 2 resampling rounds\) = 60 image-steps; "
+                                              r"this server allows 59"):
+            eh.edit(registry, model, **SETTINGS | kw, runs_dir=tmp_path / "runs", budget=Budget(59))
+        with pytest.raises(BudgetError, match=r"1 image x 15 steps = 15 image-steps; this server allows 14"):
+            eh.denoise_from_here(registry, model, x0=BAR, t=300, seed=0, label=1, runs_dir=tmp_path / "runs",
+                                 budget=Budget(14))  # t = 300 of 999: 15 of the 50 recommended steps
+        assert not calls and not (tmp_path / "runs").exists()  # refused: nothing ran
+        *_, done = eh.edit(registry, model, **SETTINGS | kw, runs_dir=tmp_path / "runs", budget=Budget(60))
+        assert done.status.startswith("**Done:** 5 steps")  # at the cap: it runs
+        with pytest.raises(BudgetError, match="ran longer than this server's limit"):
+            list(eh.denoise_from_here(registry, model, x0=BAR, t=300, seed=0, label=1, runs_dir=tmp_path / "runs",
+                                      budget=Budget(time_limit_s=1e-6)))
+    finally:
+        hook.remove()
+
+
 def test_flatten_composites_on_white_and_keeps_colour():
     a = np.zeros((2, 2, 4), dtype=np.uint8)
     a[0, 0] = (0, 0, 0, 255)

@@ -5,7 +5,9 @@ The default request on the shipped checkpoint, bit for bit against the library, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -17,7 +19,8 @@ import torch
 from PIL import Image
 
 import ddpm
-from ddpm import handlers
+from ddpm import handlers, plots
+from ddpm.budget import Budget, BudgetError
 from ddpm.device import bf16_supported
 from ddpm.frames import Frame, grid_scale, to_grid
 from ddpm.images import to_pil
@@ -218,6 +221,47 @@ def test_guidance_explorer_returns_one_image_per_scale(registry, model):
                          precision="auto")
 
 
+# -- the server's budget ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def network_calls(pipe):
+    """A list that gets an entry at every forward pass of pipe's network while the block runs."""
+    calls = []
+    hook = pipe.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
+def test_a_request_over_the_cap_is_refused_before_anything_runs_and_one_at_the_cap_runs(registry, model, tmp_path):
+    with network_calls(registry.get(model)) as calls:
+        with pytest.raises(BudgetError, match=r"this request is 4 images x 12 steps x \(1 \+ 1 redraw round\) = 96 "
+                                              r"image-steps; this server allows 48 per request"):
+            handlers.generate(registry, model, **args(redraws=1), runs_dir=tmp_path / "runs", budget=Budget(48))
+        with pytest.raises(BudgetError, match="6 images x 5 steps = 30 image-steps; this server allows 29"):
+            handlers.explore(registry, model, label="2 · Square", steps=5, seed=4, sampler="ddim", eta=0.0,
+                             precision="fp32", budget=Budget(29))
+        assert not calls and not (tmp_path / "runs").exists()
+        *_, done = handlers.generate(registry, model, **args(), runs_dir=tmp_path / "runs", budget=Budget(48))
+        assert isinstance(done, handlers.Finished) and len(calls) == 12  # 4 x 12 = 48: at the cap, it runs
+        assert len(handlers.explore(registry, model, label="2 · Square", steps=5, seed=4, sampler="ddim", eta=0.0,
+                                    precision="fp32", budget=Budget(30))) == 6
+
+
+def test_a_run_longer_than_the_time_limit_stops_with_the_message(registry, model, tmp_path):
+    updates = []
+    with network_calls(registry.get(model)) as calls, \
+            pytest.raises(BudgetError, match=r"ran longer than this server's limit of 1e-06 s per request"):
+        for u in handlers.generate(registry, model, **args(), runs_dir=tmp_path / "runs", stream_rate=1e9,
+                                   budget=Budget(time_limit_s=1e-6)):
+            updates.append(u)
+    assert [u.status.split(" · ")[0] for u in updates] == ["Sampling… seed 3", "**Step 1 / 12**"]  # shown so far
+    assert len(calls) == 1 and not (tmp_path / "runs").exists()  # stopped after its first step: no files
+    with pytest.raises(BudgetError, match="ran longer than"):
+        handlers.explore(registry, model, label="2 · Square", steps=5, seed=4, sampler="ddim", eta=0.0,
+                         precision="fp32", budget=Budget(time_limit_s=1e-6))
+
+
 # -- the model -------------------------------------------------------------------------------------------
 def test_select_model_starts_the_controls_at_the_recommendation(tiny_checkpoint, tmp_path, with_sampling):
     folder = with_sampling(tiny_checkpoint, tmp_path / "rec", {
@@ -276,6 +320,17 @@ def test_forward_view(registry, model):
         handlers.forward_view(registry, model, x0, 10, -1)
     empty = handlers.forward_view(registry, model, None, 10)
     assert (empty.x_t, empty.strip, empty.text) == (None, None, "Pick an example or upload an image.")
+
+
+def test_moving_t_redraws_only_the_marker_without_matplotlib(registry, model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of matplotlib would fail
+    x0 = handlers.pick_example(registry, model, handlers.example_choices(registry, model)[0]).x0
+    a, b = (np.asarray(handlers.forward_view(registry, model, x0, t).plot).astype(int) for t in (100, 800))
+    changed = np.flatnonzero((np.abs(a - b).sum(-1) > 60).any(axis=0))  # the columns that differ
+    _, panels, _ = plots._base(registry.get(model).schedule.config, a.shape[1])
+    xs = [p.x(t) for p in panels for t in (100, 800)]  # the marker's place at each t in each panel
+    assert all(min(abs(c - x) for x in xs) <= 5 for c in changed)  # nothing else changed
+    assert all(min(abs(c - x) for c in changed) <= 2 for x in xs)  # and each marker is drawn
 
 
 def test_an_example_is_picked_by_name_and_a_stale_name_changes_nothing(registry, model):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ddpm import handlers
 from ddpm import interp_handlers as ih
+from ddpm.budget import Budget, BudgetError
 from ddpm.options import SamplerOptions
 from ddpm.registry import ModelRegistry
 
@@ -90,6 +91,23 @@ def test_bad_input_is_refused_when_called(registry, model, tmp_path, kw, message
         ih.interpolate(registry, model, **{**args, **kw}, runs_dir=tmp_path / "runs")
     assert message in str(err.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_budget_counts_two_guided_passes_for_two_classes(registry, model, tmp_path):
+    args = dict(seed_a=3, seed_b=8, label_a="0 · Horizontal", k=5, **SETTINGS)
+    with pytest.raises(BudgetError, match=r"5 images x 8 steps x 2 guided passes = 80 image-steps; this server allows "
+                                          r"79"):
+        ih.interpolate(registry, model, **args, label_b="2 · Square", runs_dir=tmp_path / "runs", budget=Budget(79))
+    assert not (tmp_path / "runs").exists()
+    one_class = list(ih.interpolate(registry, model, **args, label_b=ih.SAME_CLASS, runs_dir=tmp_path / "runs",
+                                    budget=Budget(40)))  # 5 x 8 = 40: at the cap
+    assert isinstance(one_class[-1], ih.Morph)
+    shown = []
+    with pytest.raises(BudgetError, match="ran longer than this server's limit of 1e-06 s"):
+        for u in ih.interpolate(registry, model, **args, runs_dir=tmp_path / "late", stream_rate=1e9,
+                                budget=Budget(time_limit_s=1e-6)):
+            shown.append(u)
+    assert len(shown) == 2 and shown[1].x_t is not None and not (tmp_path / "late").exists()  # the first strips
 
 
 def test_deterministic_keeps_a_deterministic_sampler():
