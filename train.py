@@ -157,5 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Exit with `code`. A torchrun worker leaves without running C++ static destructors: after the process group
+    is destroyed, a Gloo thread still joinable at shutdown can abort the process ("terminate called without an
+    active exception", exit -6) after a finished run; every file is written and closed by then."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
