@@ -22,9 +22,11 @@ from ddpm.studio import CFG_MAX, CLASS_SCALE_JS, GUIDANCE_SCALES, IMAGE_COUNTS, 
 SAMPLER_CHOICES = [("DDIM", "ddim"), ("DPM-Solver++(2M)", "dpm++2m"), ("DDPM (ancestral)", "ddpm")]
 PRIVATE = dict(api_visibility="private")  # an event that is not part of the HTTP API
 PX = edit_handlers.EDITOR_PX
+LIVE_HEIGHT = 400  # px of the live x_t / x0_pred panels: the model-resolution grids are scaled up to fill them
 
 CSS = """
 .pixelated img, .pixelated video, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
+.live img { width: 100%; height: 100%; object-fit: contain; }  /* small live grids fill the panel */
 .gradio-container { max-width: 1280px !important; margin: auto; }
 .status { min-height: 2.2em; }
 #header h1 { margin-bottom: 0.1em; }
@@ -99,10 +101,10 @@ def run_panel(o: SimpleNamespace, p: str) -> None:
     """The status line, live x_t and x0_pred, and the scrubber of a streamed run, added to o (elem_ids start with p)."""
     o.status = gr.Markdown("Press the button to start.", elem_id=f"{p}status", elem_classes="status")
     with gr.Row():
-        o.live_xt = gr.Image(label="xₜ (current sample)", format="png", elem_classes="pixelated", interactive=False,
-                             buttons=["fullscreen"], elem_id=f"{p}live-xt")
-        o.live_x0 = gr.Image(label="x₀ prediction", format="png", elem_classes="pixelated", interactive=False,
-                             buttons=["fullscreen"], elem_id=f"{p}live-x0")
+        o.live_xt = gr.Image(label="xₜ (current sample)", format="png", elem_classes=["pixelated", "live"],
+                             interactive=False, buttons=["fullscreen"], elem_id=f"{p}live-xt", height=LIVE_HEIGHT)
+        o.live_x0 = gr.Image(label="x₀ prediction", format="png", elem_classes=["pixelated", "live"],
+                             interactive=False, buttons=["fullscreen"], elem_id=f"{p}live-x0", height=LIVE_HEIGHT)
     o.scrubber = gr.Slider(0, 1, value=0, step=1, label="Scrub the finished run (recorded steps)", interactive=False,
                            elem_id=f"{p}scrubber")
     o.frames = gr.State([], time_to_live=3600)  # this session's recorded run (a list of ddpm.frames.Frame)

@@ -172,7 +172,9 @@ def select_model(registry: ModelRegistry, model: object, *, fallback: str) -> Mo
 # -- generate ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Live:
-    """A streamed update: the status line, and the enlarged x_t and x0_pred grids (None: keep what is shown)."""
+    """A streamed update: the status line, and the x_t and x0_pred grids at the model's resolution (the page enlarges
+    them, pixelated: a 4x4 grid of 28x28 images is a 122-pixel PNG, ~10x cheaper to encode and send than a 384-pixel
+    one; None: keep what is shown)."""
 
     status: str
     x_t: Image.Image | None = None
@@ -263,7 +265,7 @@ def stream_run(steps: Iterator[Step], schedule: NoiseSchedule, timesteps: Sequen
             check = " · checking the images…" if step.is_last and checking else ""
             yield Live(f"{redraw}**Step {step.index + 1} / {step.num_steps}** · t = {step.t} · {about} · "
                        f"{time.perf_counter() - t0:.1f} s{check}",
-                       enlarged(to_grid(step.x_t)), enlarged(to_grid(step.x0_pred)))
+                       to_pil(to_grid(step.x_t)), to_pil(to_grid(step.x0_pred)))
     sample_s = time.perf_counter() - t0
     out = new_run_dir(runs_dir)
     final = to_grid(step.x_t)
@@ -284,7 +286,7 @@ def scrub(index: object, recorded: list[Frame]) -> Live:
     if isinstance(index, bool) or not isinstance(index, (int, float)) or not 0 <= index <= len(recorded) - 1:
         raise ValueError(f"frame must be a number in 0..{len(recorded) - 1}, got {index!r}")
     f = recorded[int(round(index))]
-    return Live(f"Recorded {f.caption}", enlarged(f.x_t), enlarged(f.x0_pred))
+    return Live(f"Recorded {f.caption}", to_pil(f.x_t), to_pil(f.x0_pred))
 
 
 # -- the guidance explorer ---------------------------------------------------------------------------

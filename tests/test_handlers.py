@@ -91,7 +91,8 @@ def test_generate_streams_every_planned_frame_then_the_results(registry, model, 
     assert [u.status.split(" · ")[0] for u in live] == [f"**Step {i} / 12**" for i in range(1, 13)]
     assert all(isinstance(u.x_t, Image.Image) and isinstance(u.x0_pred, Image.Image) for u in live)
     assert len({u.x_t.tobytes() for u in live}) == 12  # x_t changes at every step
-    assert live[0].x_t.size == live[0].x0_pred.size and live[0].x_t.width >= 300  # enlarged from 2x2 grids of 12 px
+    # the model's resolution (2x2 grids of 12 px with 2 px gaps: 30 px): the page enlarges them, not the server
+    assert live[0].x_t.size == live[0].x0_pred.size == (30, 30)
 
     assert isinstance(done, handlers.Finished) and done.status.startswith("**Done:** 12 steps in ")
     assert (done.png.suffix, done.gif.suffix, done.mp4.suffix) == (".png", ".gif", ".mp4")
