@@ -25,7 +25,7 @@ import torch
 
 from .guidance import mixed_eps_fn
 from .options import SamplerOptions
-from .samplers import (MAX_SEED, Step, cpu_steps, options_eps_fn, randn_per_image, solver_steps, timesteps_for)
+from .samplers import Step, check_seed, cpu_steps, options_eps_fn, randn_per_image, solver_steps, timesteps_for
 from .schedule import NoiseSchedule
 
 KNOWN_NOISE_SEED = 0x5EED_0F_C0FFEE  # the known region's noise: image i's second generator, seeded seed_i ^ this
@@ -165,8 +165,7 @@ def interpolation_noise(seed_a: int, seed_b: int, k: int, image_shape: tuple[int
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_FRAMES:
         raise ValueError(f"k (images along the path) must be an integer in 2..{MAX_FRAMES}, got {k!r}")
     for s in (seed_a, seed_b):
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {s!r}")
+        check_seed(s, 1)
     a = torch.randn(image_shape, generator=torch.Generator().manual_seed(seed_a)).unsqueeze(0)
     b = torch.randn(image_shape, generator=torch.Generator().manual_seed(seed_b)).unsqueeze(0)
     lam = torch.linspace(0.0, 1.0, k, dtype=torch.float64)

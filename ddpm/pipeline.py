@@ -157,8 +157,7 @@ class Pipeline:
         elif mask is not None or strength != 1.0 or jumps:
             raise ValueError("strength, mask and jumps need an input image: pass init=")
         opts = resolve_precision(opts, count, conditional=y is not None, device=self.device)  # "auto": once
-        if edit is not None:
-            edit.validate(self.image_shape, count)
+        if edit is not None:  # edit_steps checks the edit at once (it is not a generator)
             seeds = [seed + i for i in range(count)]
             return edit_steps(self.model, self.schedule, seeds, y.to(self.device) if y is not None else None,
                               opts, self.config.model.num_classes, self.image_shape, self.device, edit)

@@ -109,6 +109,7 @@ def randn_per_image(rngs: Sequence[torch.Generator], shape: tuple[int, ...], dev
 
 Update = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (i, x at ts[i]) -> (x at ts[i+1], x0_pred)
 Merge = Callable[[int, torch.Tensor], torch.Tensor]  # (i, x after step i) -> x with a known region put back
+Renoise = Callable[[int, torch.Tensor], torch.Tensor]  # (i, x at ts[i+1]) -> a draw of x at ts[i]
 
 
 def _x0_and_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool):
@@ -212,7 +213,7 @@ def dpmpp_2m_update(eps_fn: EpsFn, schedule: NoiseSchedule, ts: Sequence[int], *
 
 
 def run_steps(update: Update, ts: Sequence[int], x: torch.Tensor, *, merge: Merge | None = None,
-              renoise: Update | None = None, jumps: int = 0) -> Iterator[Step]:
+              renoise: Renoise | None = None, jumps: int = 0) -> Iterator[Step]:
     """The sampling loop: x at ts[0] through every kept step, a Step yielded after each.
 
     merge(i, x) puts a known region back into the result of step i (RePaint). With jumps = r > 0 every step but
@@ -227,19 +228,19 @@ def run_steps(update: Update, ts: Sequence[int], x: torch.Tensor, *, merge: Merg
             if merge is not None:
                 x_next = merge(i, x_next)
             if r + 1 < rounds:
-                x, _ = renoise(i, x_next)
+                x = renoise(i, x_next)
         x = x_next
         yield Step(i, len(ts), t, x, x0_pred)
 
 
-def renoise_update(schedule: NoiseSchedule, ts: Sequence[int], rngs: Sequence[torch.Generator]) -> Update:
-    """(i, x at ts[i+1]) -> (a draw of x at ts[i] from q(x_t | x_s), the input): forward noising by one kept step,
+def renoise_update(schedule: NoiseSchedule, ts: Sequence[int], rngs: Sequence[torch.Generator]) -> Renoise:
+    """(i, x at ts[i+1]) -> a draw of x at ts[i] from q(x_t | x_s): forward noising by one kept step,
     x_t = sqrt(alpha_bar_t / alpha_bar_s) x_s + sqrt(1 - alpha_bar_t / alpha_bar_s) z."""
     ab = _alpha_bars(schedule, ts)
 
-    def renoise(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def renoise(i: int, x: torch.Tensor) -> torch.Tensor:
         a = ab[i] / ab[i + 1]
-        return math.sqrt(a) * x + math.sqrt(1.0 - a) * randn_per_image(rngs, tuple(x.shape[1:]), x.device), x
+        return math.sqrt(a) * x + math.sqrt(1.0 - a) * randn_per_image(rngs, tuple(x.shape[1:]), x.device)
 
     return renoise
 

@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:  # `pytest` run from anywhere imports this checkou
 
 import ddpm  # noqa: E402
 from ddpm.data import ImageDataset  # noqa: E402
+from ddpm.registry import ModelRegistry  # noqa: E402
 from ddpm.train_config import TrainConfig  # noqa: E402
 from ddpm.training import train  # noqa: E402
 
@@ -185,3 +186,15 @@ def nan_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     weights[sorted(weights)[1]].view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     save_file(weights, folder / "model.safetensors", metadata={"format": "ddpm-studio"})
     return folder
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint: Path) -> str:
+    """The tiny checkpoint's folder as the app's model dropdown names it (the handler tests' `model` argument)."""
+    return str(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def registry(model: str) -> ModelRegistry:
+    """A registry offering only the tiny checkpoint (the handler tests' registry)."""
+    return ModelRegistry([model])

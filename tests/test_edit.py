@@ -278,7 +278,15 @@ def test_resampling_noises_back_by_the_forward_process():
     ts = [700, 400, 0]
     renoise = renoise_update(schedule, ts, make_rngs(0, 4))
     x_s = torch.full((4, 1, 64, 64), 0.3)
-    x_t, _ = renoise(0, x_s)
+    x_t = renoise(0, x_s)
     a = float(schedule.alpha_bar[700] / schedule.alpha_bar[400])
     z = (x_t - math.sqrt(a) * 0.3) / math.sqrt(1 - a)
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+
+
+def test_a_prepared_edit_is_checked_when_the_stream_is_made(pipe, image):
+    """stream(edit=...) fails at the call, not at the first step, for an Edit built by hand."""
+    with pytest.raises(ValueError, match=r"strength must be a number in \[0, 1\]"):
+        pipe.stream([0], options=opts(), edit=Edit(init=image, strength=2.0))
+    with pytest.raises(ValueError, match=r"tensor \(1 or 2, 1, 12, 12\)"):
+        pipe.stream([0, 1], options=opts(), edit=Edit(init=image.expand(3, -1, -1, -1)))

@@ -16,7 +16,6 @@ from ddpm.budget import Budget, BudgetError
 from ddpm.frames import Frame
 from ddpm.images import load_image
 from ddpm.options import SamplerOptions
-from ddpm.registry import ModelRegistry
 from ddpm.samplers import run_to_end
 
 SETTINGS = dict(label="1 · Vertical", cfg=3.0, steps=10, seed=3, n_images=1, sampler="ddim", eta=0.0,
@@ -24,16 +23,6 @@ SETTINGS = dict(label="1 · Vertical", cfg=3.0, steps=10, seed=3, n_images=1, sa
 OPTIONS = SamplerOptions(sampler="ddim", steps=10, cfg=3.0, eta=0.0, precision="fp32")  # what SETTINGS ask for
 BAR = np.zeros((12, 12), dtype=np.uint8)
 BAR[:, 5:7] = 255  # a vertical bar, light on black like the tiny model's data
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint) -> str:
-    return str(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def registry(model) -> ModelRegistry:
-    return ModelRegistry([model])
 
 
 def rgba(gray: np.ndarray, scale: int = 1, alpha: int = 255) -> np.ndarray:

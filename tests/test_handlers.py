@@ -61,16 +61,6 @@ def args(**overrides) -> dict:
     return {**GOOD, **overrides}
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint) -> str:
-    return str(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def registry(model) -> ModelRegistry:
-    return ModelRegistry([model])
-
-
 def run(registry, model, tmp_path, *, stream_rate=handlers.STREAM_RATE, **overrides) -> list:
     """Every update of one generate run: Live ..., Finished."""
     return list(handlers.generate(registry, model, **args(**overrides), runs_dir=tmp_path / "runs",

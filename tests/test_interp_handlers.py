@@ -13,19 +13,8 @@ from ddpm import handlers
 from ddpm import interp_handlers as ih
 from ddpm.budget import Budget, BudgetError
 from ddpm.options import SamplerOptions
-from ddpm.registry import ModelRegistry
 
 SETTINGS = dict(cfg=2.0, steps=8, sampler="dpm++2m", eta=0.0, precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint) -> str:
-    return str(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def registry(model) -> ModelRegistry:
-    return ModelRegistry([model])
 
 
 def run(registry, model, tmp_path, **kw) -> list:
