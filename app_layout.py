@@ -26,7 +26,7 @@ LIVE_HEIGHT = 400  # px of the live x_t / x0_pred panels: the model-resolution g
 
 CSS = """
 .pixelated img, .pixelated video, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
-.live img { width: 100%; height: 100%; object-fit: contain; }  /* small live grids fill the panel */
+.live img { display: block; width: 100%; object-fit: contain; }  /* small live grids fill the panel */
 .gradio-container { max-width: 1280px !important; margin: auto; }
 .status { min-height: 2.2em; }
 #header h1 { margin-bottom: 0.1em; }
@@ -36,6 +36,17 @@ CSS = """
 
 
 # -- shared pieces -----------------------------------------------------------------------------------------
+def live_frame(label: str, elem_id: str, *, height: int | None = None) -> gr.HTML:
+    """A streamed frame (x_t or x0_pred while a run goes): its value is a PNG data URL (ddpm.images.png_data_url),
+    shown as an <img> that the page scales up pixelated. Not a gr.Image: gradio files every image it is given
+    (PNG again, a hash, its cache, path checks, then a second request from the browser), ~3 ms per image per frame
+    on the two cores torch samples on; a data URL costs gradio next to nothing."""
+    alt, style = label.replace('"', "'"), f"height: {height}px" if height else "height: auto"
+    return gr.HTML(None, label=label, show_label=True, container=True, elem_id=elem_id,
+                   elem_classes=["pixelated", "live"], min_height=height, js_on_load=None,
+                   html_template=f"${{value ? '<img src=\"' + value + '\" alt=\"{alt}\" style=\"{style}\">' : ''}}")
+
+
 def sampling_controls(c: SimpleNamespace, v0: ModelView, *, pair: bool = False,
                       extra: Callable[[], gr.Slider] | None = None, prefix: str = "") -> None:
     """A tab's sampling controls, added to c, at the model's recommendation: class, CFG, interval, steps, seed, image
@@ -101,10 +112,8 @@ def run_panel(o: SimpleNamespace, p: str) -> None:
     """The status line, live x_t and x0_pred, and the scrubber of a streamed run, added to o (elem_ids start with p)."""
     o.status = gr.Markdown("Press the button to start.", elem_id=f"{p}status", elem_classes="status")
     with gr.Row():
-        o.live_xt = gr.Image(label="xₜ (current sample)", format="png", elem_classes=["pixelated", "live"],
-                             interactive=False, buttons=["fullscreen"], elem_id=f"{p}live-xt", height=LIVE_HEIGHT)
-        o.live_x0 = gr.Image(label="x₀ prediction", format="png", elem_classes=["pixelated", "live"],
-                             interactive=False, buttons=["fullscreen"], elem_id=f"{p}live-x0", height=LIVE_HEIGHT)
+        o.live_xt = live_frame("xₜ (current sample)", f"{p}live-xt", height=LIVE_HEIGHT)
+        o.live_x0 = live_frame("x₀ prediction", f"{p}live-x0", height=LIVE_HEIGHT)
     o.scrubber = gr.Slider(0, 1, value=0, step=1, label="Scrub the finished run (recorded steps)", interactive=False,
                            elem_id=f"{p}scrubber")
     o.frames = gr.State([], time_to_live=3600)  # this session's recorded run (a list of ddpm.frames.Frame)
@@ -209,10 +218,8 @@ def interpolate_tab(v0: ModelView) -> SimpleNamespace:
             buttons(i, "Interpolate")
         with gr.Column(scale=2):
             i.status = gr.Markdown("Press **Interpolate** to start.", elem_id="interp-status", elem_classes="status")
-            i.live_xt = gr.Image(label="xₜ along the path", format="png", interactive=False, elem_classes="pixelated",
-                                 elem_id="interp-live-xt")
-            i.live_x0 = gr.Image(label="x₀ predictions along the path", format="png", interactive=False,
-                                 elem_classes="pixelated", elem_id="interp-live-x0")
+            i.live_xt = live_frame("xₜ along the path", "interp-live-xt")
+            i.live_x0 = live_frame("x₀ predictions along the path", "interp-live-x0")
             results_row(i, "interp-", label="From seed A to seed B (PNG strip)", what="Morph from A to B", wide=True)
     return i
 
@@ -243,10 +250,8 @@ def forward_tab(v0: ModelView) -> SimpleNamespace:
         with gr.Column(scale=2):
             f.status = gr.Markdown(elem_id="denoise-status", elem_classes="status")
             with gr.Row():
-                f.live_xt = gr.Image(label="xₜ, denoising (at the end: x₀)", format="png", height=260,
-                                     interactive=False, elem_classes="pixelated", elem_id="denoise-xt")
-                f.live_x0 = gr.Image(label="x₀ prediction", format="png", interactive=False, height=260,
-                                     elem_classes="pixelated", elem_id="denoise-x0")
+                f.live_xt = live_frame("xₜ, denoising (at the end: x₀)", "denoise-xt", height=260)
+                f.live_x0 = live_frame("x₀ prediction", "denoise-x0", height=260)
     f.strip = gr.Gallery(label="x_t at steps evenly spaced in log-SNR", columns=8, format="png", height=170,
                          object_fit="contain", elem_classes="pixelated")
     f.plot = gr.Image(label="Noise schedule", format="png", interactive=False, elem_id="schedule-plot")

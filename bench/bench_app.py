@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -77,11 +78,17 @@ def inprocess_run(registry: ModelRegistry, model: str, request: dict) -> tuple[f
     return first, time.perf_counter() - t0
 
 
+SESSION = uuid.uuid4().hex  # one session for every HTTP run, as a page (its load event) or a gradio_client has
+
+
 def http_run(url: str, model: str, request: dict) -> tuple[float, float]:
-    """(seconds to the first server-sent event with an image, seconds to the end) through the HTTP API."""
+    """(seconds to the first server-sent event with an image, seconds to the end) through the HTTP API. Without a
+    session_hash gradio would build a new session per call (~20 ms before the run starts here), which neither the
+    page nor gradio_client does."""
     data = [model, *(request[k] for k in FIELDS)]
     t0 = time.perf_counter()
-    req = urllib.request.Request(f"{url}gradio_api/call/generate", data=json.dumps({"data": data}).encode(),
+    req = urllib.request.Request(f"{url}gradio_api/call/generate",
+                                 data=json.dumps({"data": data, "session_hash": SESSION}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         event_id = json.load(r)["event_id"]
@@ -92,7 +99,7 @@ def http_run(url: str, model: str, request: dict) -> tuple[float, float]:
             line = raw.decode().strip()
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event == "generating" and first is None and ".png" in line:
+            elif line.startswith("data:") and event == "generating" and first is None and "data:image/png" in line:
                 first = time.perf_counter() - t0
             elif line.startswith("data:") and event in ("complete", "error"):
                 if event == "error":
@@ -105,6 +112,20 @@ def bare_run(pipe, request) -> float:
     t0 = time.perf_counter()
     torch_thread().call(run_to_end, request.stream(pipe))  # where the app samples
     return time.perf_counter() - t0
+
+
+def idle_load(demo, *, seconds: float) -> tuple[float, float]:
+    """(% of a core this process uses while the app waits for requests, the same with gradio's own 1 ms queue poll):
+    what a hosted app costs with nobody there."""
+    out = []
+    for poll in (app.QUEUE_POLL_S, 0.001):
+        app.calm_queue(demo, poll)
+        time.sleep(0.2)
+        c0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(seconds)
+        out.append(100 * (time.process_time() - c0) / (time.perf_counter() - t0))
+    app.calm_queue(demo)
+    return out[0], out[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"request (the app's defaults, 16 images): {checked.describe()}")
 
+    idle_cpu = idle_load(demo, seconds=3.0)
     inprocess_run(registry, model, request)  # warm-up (first-call costs: allocator, PNG/MP4 encoders)
     http_run(url, model, request)
     results: dict[str, list[float]] = {k: [] for k in ("bare", "app", "app_first", "http", "http_first")}
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     demo.close()
 
     med = {k: statistics.median(v) for k, v in results.items()}
+    # each round's own ratios (bare, handler and HTTP run back to back): their median follows the machine's drift
+    paired = {k: statistics.median(a / b for a, b in zip(results[k], results["bare"])) for k in ("app", "http")}
     print()
     print(f"click -> first streamed frame   HTTP API {med['http_first'] * 1000:6.0f} ms   "
           f"in-process {med['app_first'] * 1000:6.0f} ms")
@@ -172,6 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"app overhead over the bare loop  {(med['app'] / med['bare'] - 1) * 100:+.1f}% in-process, "
           f"{(med['http'] / med['bare'] - 1) * 100:+.1f}% through HTTP "
           f"(ratio {med['app'] / med['bare']:.3f} / {med['http'] / med['bare']:.3f})")
+    best = {k: min(v) for k, v in results.items()}
+    print(f"best of {args.repeats} (the machine at its quietest): first frame HTTP {best['http_first'] * 1000:.0f} ms; "
+          f"bare {best['bare']:.2f} s, handler {best['app']:.2f} s, HTTP {best['http']:.2f} s "
+          f"(ratio {best['app'] / best['bare']:.3f} / {best['http'] / best['bare']:.3f})")
+    print(f"idle app (no requests): {idle_cpu[0]:.1f}% of a core (queue poll {app.QUEUE_POLL_S * 1000:.0f} ms; "
+          f"gradio's 1 ms poll: {idle_cpu[1]:.1f}%)")
+    print(f"median of each round's own ratio: {paired['app']:.3f} in-process, {paired['http']:.3f} through HTTP")
     print(f"(medians of {args.repeats}; all runs: " + ", ".join(f"{k} {[round(x, 3) for x in v]}"
                                                              for k, v in results.items()) + ")")
 

@@ -7,7 +7,7 @@ over the range where x_t visibly changes (log-SNR clipped to [-6, 6]).
     recorder = Recorder(schedule, timesteps_for(T, 50), n_images=4)
     for step in pipe.stream(...):
         recorder.add(step)                     # keeps uint8 grids of the log-SNR-spaced steps only
-    recorder.save_gif(path); recorder.save_mp4(path)
+    recorder.save_animations(folder / "run")    # run.gif and run.mp4
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import make_grid, save_gif, save_mp4, to_pil, to_uint8
+from .images import make_grid, save_gif, save_gif_and_mp4, save_mp4, to_pil, to_uint8
 from .samplers import Step
 from .schedule import NoiseSchedule
 
@@ -157,4 +157,8 @@ class Recorder:
 
     def save_mp4(self, path: str | Path, *, fps: float = 10) -> Path:
         return save_mp4(self.animation(), path, fps=fps)
+
+    def save_animations(self, stem: str | Path, *, fps: float = 10) -> tuple[Path, Path]:
+        """stem.gif and stem.mp4, written at once (images.save_gif_and_mp4)."""
+        return save_gif_and_mp4(self.animation(), stem, fps=fps)
 

@@ -271,7 +271,7 @@ def stream_run(steps: Iterator[Step], schedule: NoiseSchedule, timesteps: Sequen
     final = to_grid(step.x_t)
     png = out / f"{name}.png"
     to_pil(final, scale=grid_scale(final.shape[1], 512)).save(png)
-    gif, mp4 = rec.save_gif(out / f"{name}.gif"), rec.save_mp4(out / f"{name}.mp4")
+    gif, mp4 = rec.save_animations(out / name)
     total_s = time.perf_counter() - t0
     rounds = f" · {step.draw} redraw round{'s' if step.draw > 1 else ''}" if step.draw else ""
     yield Finished(f"**Done:** {step.num_steps} step{'s' if step.num_steps > 1 else ''} in {sample_s:.2f} s · "

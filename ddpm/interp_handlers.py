@@ -23,7 +23,7 @@ from .device import choose_precision
 from .edit import MAX_FRAMES
 from .frames import Recorder, grid_scale
 from .handlers import STREAM_RATE, Live, enlarged, new_run_dir, throttled
-from .images import make_grid, save_gif, save_mp4, to_pil, to_uint8
+from .images import make_grid, save_gif_and_mp4, to_pil, to_uint8
 from .options import SamplerOptions
 from .registry import ModelRegistry
 from .samplers import network_batch, timesteps_for
@@ -119,7 +119,7 @@ def interpolate(registry: ModelRegistry, model: object, *, seed_a: object, seed_
         images = to_uint8(step.x_t)
         frames = [to_pil(img, scale=grid_scale(img.shape[1], FRAME_PX)) for img in images]
         fps = min(12.0, max(3.0, k / 2))  # 8 images: 2 s from A to B
-        mp4, gif = save_mp4(frames, out / f"{name}.mp4", fps=fps), save_gif(frames, out / f"{name}.gif", fps=fps)
+        gif, mp4 = save_gif_and_mp4(frames, out / name, fps=fps)
         yield Morph(f"**Done:** {k} images, {step.num_steps} steps in {sample_s:.2f} s · {about}"
                     + (f" · {switched}" if switched else ""), f"{info} · sampling {sample_s:.2f} s", png, mp4, gif,
                     step.x_t)

@@ -6,6 +6,8 @@ checkpoint (12x12, 3 classes) behind a real server. The browser test is in test_
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
@@ -49,11 +51,17 @@ ENDPOINTS = {  # the public API: endpoint -> its parameters (name, default) in o
     "/denoise_from_here": ["model", "t", "seed", "label"],
 }
 RETURNS = {  # what the streaming endpoints send back, in order
-    "/generate": ["Image", "Image", "Markdown", "Image", "Video", "File", "Slider", "Markdown"],
-    "/edit": ["Image", "Image", "Markdown", "Image", "Video", "File", "Slider", "Markdown", "Image", "Markdown"],
-    "/interpolate": ["Image", "Image", "Markdown", "Image", "Video", "File", "Markdown"],
-    "/denoise_from_here": ["Image", "Image", "Markdown"],
+    "/generate": ["Html", "Html", "Markdown", "Image", "Video", "File", "Slider", "Markdown"],  # live: PNG data URLs
+    "/edit": ["Html", "Html", "Markdown", "Image", "Video", "File", "Slider", "Markdown", "Image", "Markdown"],
+    "/interpolate": ["Html", "Html", "Markdown", "Image", "Video", "File", "Markdown"],
+    "/denoise_from_here": ["Html", "Html", "Markdown"],
 }
+
+
+def data_url_image(url: str) -> Image.Image:
+    """The image of a live frame: a PNG data URL."""
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 
 
 def free_port() -> int:
@@ -161,6 +169,11 @@ def test_the_api_keeps_its_endpoints_and_their_parameters(demo):
     assert interpolate["k"]["parameter_default"] == 8 and interpolate["label_b"]["parameter_default"] == "same as A"
 
 
+def test_the_idle_queue_looks_for_work_every_few_ms_not_every_ms(demo):
+    # gradio's 1 ms poll costs ~5% of a core while idle (bench/bench_app.py prints the idle figure)
+    assert demo._queue.sleep_when_free == app.QUEUE_POLL_S == 0.005
+
+
 def test_every_run_shares_the_one_queue_slot(demo):
     fns = {f.api_name: f for f in demo.fns.values()}
     for name in ("generate", "guidance_explorer", "edit", "interpolate", "denoise_from_here"):
@@ -234,9 +247,13 @@ def test_api_generate_streams_frames_then_png_gif_mp4_and_scrubs(client, server)
     assert status.startswith("**Done:** 30 steps") and "seed 3" in run_info and scrubber["maximum"] == 29
     streamed = [o for o in job.outputs() if isinstance(o[0], str)]  # outputs that carry live frames
     assert streamed and streamed[0][2].startswith("**Step 1 / 30**") and streamed[-1][2].startswith("**Step 30 / 30**")
+    assert all(o[3] is None and o[5] is None for o in streamed)  # no stale result beside the live frames
     for o in streamed[:2]:
-        with Image.open(o[0]) as xt, Image.open(o[1]) as x0:
-            assert xt.format == x0.format == "PNG" and xt.size == x0.size
+        with data_url_image(o[0]) as xt, data_url_image(o[1]) as x0:
+            assert xt.format == x0.format == "PNG" and xt.size == x0.size  # lossless, at the model's resolution
+    with data_url_image(streamed[-1][0]) as xt, Image.open(final) as im:  # the last x_t streamed: the final grid
+        assert im.size[0] % xt.size[0] == 0 and np.array_equal(
+            np.asarray(xt.convert("L")), np.asarray(im.convert("L"))[::im.size[0] // xt.size[0], ::im.size[0] // xt.size[0]])
     # the forward view and the guidance explorer through their endpoints
     xt, text, strip, plot = client.predict(server[1], 10, api_name="/forward")
     assert xt is None and text == "Pick an example or upload an image." and plot  # no x_0 in this session

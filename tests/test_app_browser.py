@@ -120,7 +120,7 @@ def test_generate_in_the_browser(app_url, tmp_path):
             live = page.evaluate("window.__live")
             before_end = [f for f in live if not f["finalShown"] and not f["status"].startswith("Done")]
             assert len({f["src"] for f in before_end}) >= 3, live
-            assert all(".png" in f["src"] for f in live)  # lossless PNG, not webp
+            assert all(f["src"].startswith("data:image/png;base64,") for f in live)  # lossless PNG, inline
             assert all(f["status"].startswith(("Step", "Sampling")) for f in before_end), live
 
             final = page.locator("#final img")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 
 import av
@@ -20,6 +22,7 @@ from ddpm.frames import (
     step_log_snr,
     to_grid,
 )
+from ddpm.images import png_data_url
 from ddpm.samplers import Step, timesteps_for
 from ddpm.schedule import NoiseSchedule, ScheduleConfig
 
@@ -114,6 +117,31 @@ def test_recorder_keeps_log_snr_frames_and_writes_gif_and_mp4(tmp_path):
     scale = w // (2 * 18 + 8)  # two 2x2 grids of 6 px images with 2 px padding (18 px), 8 px apart
     y = x = 4 * scale + scale // 2  # inside the first image of a grid
     assert first[y, x] < 40 and first[y, (18 + 8) * scale + x] > 215
+
+
+def test_save_animations_writes_the_same_gif_and_mp4_as_one_at_a_time(tmp_path):
+    schedule = NoiseSchedule(ScheduleConfig(name="cosine", timesteps=200))
+    rec = Recorder(schedule, timesteps_for(200, 30), max_frames=10)
+    for s in _fake_run(schedule, 30):
+        rec.add(s)
+    gif, mp4 = rec.save_animations(tmp_path / "both" / "run")
+    assert (gif.name, mp4.name) == ("run.gif", "run.mp4")
+    alone_gif, alone_mp4 = rec.save_gif(tmp_path / "a.gif"), rec.save_mp4(tmp_path / "a.mp4")
+    assert gif.read_bytes() == alone_gif.read_bytes()
+    frames = []
+    for path in (mp4, alone_mp4):
+        with av.open(str(path)) as c:
+            frames.append([f.to_ndarray(format="gray") for f in c.decode(c.streams.video[0])])
+    assert len(frames[0]) == len(frames[1]) >= 10
+    assert all(np.array_equal(a, b) for a, b in zip(*frames))
+
+
+def test_a_data_url_holds_the_image_losslessly():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (10, 14, 3), dtype=np.uint8))
+    url = png_data_url(img)
+    assert url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as back:
+        assert back.format == "PNG" and np.array_equal(np.asarray(back), np.asarray(img))
 
 
 def test_recorder_without_frames_refuses_animation(tmp_path):
