@@ -145,6 +145,9 @@ def evaluate_setting(pipe: Pipeline, classifier: Classifier, reference: Referenc
         "nn_to_train": nn_mean,
         "nn_over_test": nn_mean / reference.nn_test_to_train,
         "copies": copy_fraction(nn),
+        "per_class_copies": {names[c]: copy_fraction(nn[labels == c]) for c in range(k)},  # memorisation by class
+        "per_class_nn_over_test": {names[c]: float(nn[labels == c, 0].mean()) / reference.nn_test_to_train
+                                   for c in range(k)},
         "seconds": round(seconds, 1),
     }
 

@@ -112,6 +112,27 @@ def test_memorising_generator_is_caught(tiny_classifier, reference):
     assert row["fd"] < reference.fd_noise_ceiling / 5  # real digits score like real digits
 
 
+class OneClassCopyingPipe(CopyingPipe):
+    """Copies training images of class 3 only; the other classes get uniform noise."""
+
+    def sample(self, labels, *, seed: int, **kwargs) -> torch.Tensor:
+        out = torch.rand(len(labels), *self.images.shape[1:], generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        copied = [i for i, y in enumerate(labels) if int(y) == 3]
+        if copied:
+            out[copied] = super().sample([labels[i] for i in copied], seed=seed)
+        return out
+
+
+def test_memorisation_is_reported_per_class(tiny_classifier, reference):
+    _, clf = tiny_classifier
+    pipe = OneClassCopyingPipe(reference.train_images, load_split_labels())
+    row = evaluate_setting(pipe, clf, reference, SamplerOptions(), n_per_class=4, batch_size=20)
+    assert row["per_class_copies"] == {name: float(name == "3") for name in MNIST_CLASSES}
+    assert row["copies"] == pytest.approx(0.1)  # one class in ten
+    assert row["per_class_nn_over_test"]["3"] == 0 and min(v for k, v in row["per_class_nn_over_test"].items()
+                                                           if k != "3") > 1  # noise is far from every digit
+
+
 def test_evaluation_seeds_draw_disjoint_images(tiny_classifier, reference):
     """Seed s samples image i with noise seed s * N + i: seed 1 is a new set of images, not seed 0's shifted by one."""
     _, clf = tiny_classifier
