@@ -4,12 +4,17 @@
 "tiny" preset, 12x12 grayscale, 3 classes ("Horizontal", "Vertical", "Square"), T = 1000 cosine
 schedule, trained for a few seconds. Any test (also other modules' tests) can ask for it by name.
 
-Copies of it that recommend sampling settings (config.json "sampling"), for the tests of every module that reads a
-recommendation: `interval_checkpoint` (a guidance interval, INTERVAL) and `per_class` (one scale per class, PER_CLASS).
+`rgb_checkpoint` (session scope) is its colour twin: the same preset and training on 12x12 RGB images of 3 classes
+told apart by colour (RGB_CLASSES: a red horizontal bar, a green vertical bar, a blue square, on black).
+
+Copies of `tiny_checkpoint` that recommend sampling settings (config.json "sampling"), for the tests of every module
+that reads a recommendation: `interval_checkpoint` (a guidance interval, INTERVAL) and `per_class` (one scale per class,
+PER_CLASS).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -37,6 +42,7 @@ TEST_THREADS = int(os.environ.get("DDPM_TEST_THREADS", "1"))
 torch.set_num_threads(TEST_THREADS)
 
 SYNTHETIC_CLASSES = ("Horizontal", "Vertical", "Square")
+RGB_CLASSES = ("Red", "Green", "Blue")  # SYNTHETIC_CLASSES' shapes, each drawn in one colour: channel = label
 TINY_SIZE = 12
 INTERVAL = (0.2, 0.7)  # the guidance interval (t/T) `interval_checkpoint` recommends, with CFG 4
 PER_CLASS = [0.5, 3.0, 1.5]  # the guidance scales `per_class` recommends: Horizontal, Vertical, Square
@@ -69,6 +75,15 @@ def make_synthetic_dataset(n: int = 256, size: int = TINY_SIZE, seed: int = 0) -
                         SYNTHETIC_CLASSES, hflip=False)
 
 
+def make_rgb_dataset(n: int = 256, size: int = TINY_SIZE, seed: int = 0) -> ImageDataset:
+    """make_synthetic_images' shapes in colour on black, uint8 (n, 3, size, size): class c lights channel c only
+    (0: a red horizontal bar, 1: a green vertical bar, 2: a blue square)."""
+    shapes, labels = make_synthetic_images(n, size, seed)
+    images = np.zeros((n, 3, size, size), dtype=np.uint8)
+    images[np.arange(n), labels] = shapes
+    return ImageDataset("synthetic-rgb", torch.from_numpy(images), torch.from_numpy(labels), RGB_CLASSES)
+
+
 @pytest.fixture
 def one_thread():
     """torch on one thread for this test (sampling tiny models is ~20x faster than two threads under load)."""
@@ -98,6 +113,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset:
     """The folder of a tiny checkpoint trained for 100 steps on `synthetic_dataset` (config.json + model.safetensors)."""
     out = tmp_path_factory.mktemp("tiny_checkpoint")
     train(tiny_train_config(out), dataset=synthetic_dataset, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rgb_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The colour twin of `tiny_checkpoint`: the tiny preset trained the same way on make_rgb_dataset()."""
+    out = tmp_path_factory.mktemp("rgb_checkpoint")
+    train(tiny_train_config(out, dataset="synthetic-rgb"), dataset=make_rgb_dataset(), progress=False)
+    assert json.loads((out / "config.json").read_text())["model"]["in_channels"] == 3
     return out
 
 
