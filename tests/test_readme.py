@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ddpm.checkpoint import load_config
+from ddpm.evaluate import row_options
 from ddpm.hub import pinned_version
+from ddpm.registry import local_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_README_LINES = 250
@@ -190,28 +193,26 @@ def test_the_layout_table_is_true_to_the_tree():
 SAMPLER_NAMES = {"ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)", "ddpm": "DDPM"}
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist", "mnist-5k"])
+@pytest.mark.parametrize("name", [Path(f).name for f in local_checkpoints(ROOT / "checkpoints")])
 def test_each_shipped_models_facts_are_its_own(name):
-    """The model's facts table quotes its config.json (steps, recommended sampler) and its evaluation.json (the
-    default row's accuracy and FD over the floor)."""
+    """The models table has a column for every shipped model, and it quotes the model's config.json (training
+    steps, recommended sampler and steps) and evaluation.json (accuracy and FD over the floor at that default)."""
     folder = ROOT / "checkpoints" / name
-    config = json.loads((folder / "config.json").read_text())
-    match = re.search(rf"^\| `checkpoints/{name}`.*?\n((?:\|.*\n)+)", section(readme(), "The shipped models"),
-                      flags=re.M)
-    assert match, f"no facts table for checkpoints/{name}"
-    rows = dict(re.findall(r"^\| ([^|]+?) \| (.+?) \|$", match.group(1), flags=re.M))
-    assert f"{config['training']['steps']:,} steps" in rows["training"]
-    sampling = config["sampling"]
-    assert rows["default"].startswith(f"{SAMPLER_NAMES[sampling['sampler']]}, {sampling['steps']} steps")
+    config = load_config(folder)
+    table = [[c.strip() for c in line.strip().strip("|").split("|")]
+             for line in section(readme(), "The shipped models").splitlines() if line.startswith("|")]
+    header = [re.sub(r"`([^`]+)`.*", r"\1", c) for c in table[0]]
+    assert name in header, f"no column for checkpoints/{name} in the models table: {header}"
+    rows = {r[0]: r[header.index(name)] for r in table[2:]}
+    assert f"{config.training['steps']:,} steps" in rows["training"], rows["training"]
+    sampling = config.sampling
+    assert rows["default"].startswith(f"{SAMPLER_NAMES[sampling.sampler]}, {sampling.steps} steps"), rows["default"]
 
     evaluation = json.loads((folder / "evaluation.json").read_text())
-    wanted = {k: v for k, v in evaluation["default"].items() if k != "rule"} | {"steps": sampling["steps"]}
-    default_rows = [r for r in evaluation["results"] if all(r.get(k, 0.0 if k == "eta" else None) == v
-                                                             for k, v in wanted.items())]
-    assert default_rows, f"{name}: no evaluation row at its default"
-    row = default_rows[0]
-    quoted = rows["evaluation at the default"]
-    assert f"{row['accuracy']:.1%} class accuracy" in quoted and f"FD {row['fd_over_floor']:.2f}x" in quoted, quoted
+    row = next((r for r in evaluation["results"] if row_options(r).replace(precision="fp32") == sampling), None)
+    assert row, f"{name}: no evaluation row at its default"
+    quoted = rows["at the default"]
+    assert f"{row['accuracy']:.1%}" in quoted and f"FD {row['fd_over_floor']:.2f}x" in quoted, quoted
 
 
 def test_the_package_is_ddpm_alone():

@@ -25,6 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = local_checkpoints(ROOT / "checkpoints")
 
 
+def recommended_accuracy(folder: Path) -> float:
+    """The class accuracy the shipped evaluation.json measured at the model's recommended settings."""
+    report = json.loads((folder / "evaluation.json").read_text())
+    sampling = load_config(folder).sampling
+    return next(r["accuracy"] for r in report["results"] if row_options(r).replace(precision="fp32") == sampling)
+
+
 @pytest.fixture(scope="module", params=SHIPPED, ids=lambda s: Path(s).name)
 def shipped(request):
     folder = Path(request.param)
@@ -54,20 +61,21 @@ def test_evaluation_reads_back(shipped):
 @pytest.mark.slow
 def test_samples_are_the_requested_classes(shipped):
     """Two images of every class at the recommended settings (but 20 steps, to keep it quick), scored by the
-    shipped classifier: a model that ignored its label would score ~10%, the evaluation measured >= 97% at 50."""
-    _, pipe = shipped
+    shipped classifier: a model that ignored its label would score 1/k; its evaluation (at 50 steps, 100 per class)
+    measured 83% (emoji) to >= 97%: the 2k here may miss a few more, not most."""
+    folder, pipe = shipped
     classifier, info = load_classifier(ROOT / default_classifier(pipe.config.dataset))
     check_compatible(pipe, classifier, info)
     labels = torch.arange(pipe.config.model.num_classes).repeat_interleave(2)
     x = pipe.sample(labels.tolist(), steps=20, seed=0)
     assert x.shape == (len(labels), *pipe.image_shape) and x.min() >= -1 and x.max() <= 1
     pred, _ = predict(classifier, to_uint8_images(x))
-    assert (pred == labels).float().mean() >= 0.8
+    assert (pred == labels).float().mean() >= recommended_accuracy(folder) - 0.25
 
 
 @pytest.mark.slow
 def test_the_judging_classifier_reads_real_test_images(shipped):
-    """The classifier each shipped model is judged by, on 2,000 of its dataset's real held-out images (chance: 10%)."""
+    """The classifier each shipped model is judged by, on up to 2,000 of its dataset's real held-out images."""
     _, pipe = shipped
     classifier, info = load_classifier(ROOT / default_classifier(pipe.config.dataset))
     c = classifier.config
@@ -76,7 +84,7 @@ def test_the_judging_classifier_reads_real_test_images(shipped):
     except (FileNotFoundError, RuntimeError) as e:  # the dataset is not on this machine
         pytest.skip(str(e))
     pred, _ = predict(classifier, test.images[:2000])
-    assert (pred == test.labels[:2000]).float().mean() > 0.85
+    assert (pred == test.labels[:2000]).float().mean() >= info["test_accuracy"] - 0.05  # what its card says
 
 
 @pytest.mark.slow
