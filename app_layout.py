@@ -27,6 +27,7 @@ LIVE_HEIGHT = 400  # px of the live x_t / x0_pred panels: the model-resolution g
 CSS = """
 .pixelated img, .pixelated video, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
 .live img { display: block; width: 100%; object-fit: contain; }  /* small live grids fill the panel */
+.live label[data-testid="block-label"] > span { display: none; }  /* gr.HTML's code icon: these are pictures */
 .gradio-container { max-width: 1280px !important; margin: auto; }
 .status { min-height: 2.2em; }
 #header h1 { margin-bottom: 0.1em; }
