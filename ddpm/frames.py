@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import make_grid, save_gif, save_gif_and_mp4, save_mp4, to_pil, to_uint8
+from .images import make_grid, save_gif_and_mp4, to_pil, to_uint8
 from .samplers import Step
 from .schedule import NoiseSchedule
 
@@ -151,12 +151,6 @@ class Recorder:
         w = 2 * self.frames[0].x_t.shape[1] + GAP
         s = scale or grid_scale(w, 512)
         return [side_by_side(f.x_t, f.x0_pred, scale=s) for f in self.frames]
-
-    def save_gif(self, path: str | Path, *, fps: float = 10) -> Path:
-        return save_gif(self.animation(), path, fps=fps)
-
-    def save_mp4(self, path: str | Path, *, fps: float = 10) -> Path:
-        return save_mp4(self.animation(), path, fps=fps)
 
     def save_animations(self, stem: str | Path, *, fps: float = 10) -> tuple[Path, Path]:
         """stem.gif and stem.mp4, written at once (images.save_gif_and_mp4)."""

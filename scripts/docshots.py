@@ -87,12 +87,17 @@ def main() -> int:
             page = ctx.new_page()
             url = f"http://127.0.0.1:{port}/"
 
-            def edit_tab():
+            def open_tab(name, tab_id, ready):
+                """A fresh page on tab `name` (element #tab_id), once its element `ready` shows."""
                 page.goto(url)
                 expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
-                page.get_by_role("tab", name="Start from an image").click()
-                tab = page.locator("#edit-tab")
-                expect(tab.locator("#edit-live-xt")).to_be_visible(timeout=60_000)
+                page.get_by_role("tab", name=name).click()
+                tab = page.locator(f"#{tab_id}")
+                expect(tab.locator(ready)).to_be_visible(timeout=60_000)
+                return tab
+
+            def edit_tab():
+                tab = open_tab("Start from an image", "edit-tab", "#edit-live-xt")
                 page.wait_for_timeout(1000)
                 return tab
 
@@ -141,11 +146,7 @@ def main() -> int:
                 shot(page, tab, out / "app_inpaint.png")
 
             if "interpolate" in args.only:
-                page.goto(url)
-                expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
-                page.get_by_role("tab", name="Interpolate").click()
-                tab = page.locator("#interpolate-tab")
-                expect(tab.locator("#interp-live-xt")).to_be_visible(timeout=60_000)
+                tab = open_tab("Interpolate", "interpolate-tab", "#interp-live-xt")
                 choose(tab, page, "Class A", "7 · Sneaker")
                 choose(tab, page, "Class B", "9 · Ankle boot")
                 page.wait_for_timeout(500)
@@ -154,11 +155,7 @@ def main() -> int:
                 expect(tab.locator("#interp-video video")).to_be_visible(timeout=30_000)
                 shot(page, tab, out / "app_interpolate.png")
             if "forward" in args.only:
-                page.goto(url)
-                expect(page.locator("#live-xt")).to_be_visible(timeout=60_000)
-                page.get_by_role("tab", name="Forward process").click()
-                tab = page.locator("#forward-tab")
-                expect(tab.locator("#forward-xt img")).to_be_visible(timeout=60_000)
+                tab = open_tab("Forward process", "forward-tab", "#forward-xt img")
                 set_number(tab, "time step t", 600)
                 choose(tab, page, "Class", "7 · Sneaker")
                 page.wait_for_timeout(1500)

@@ -79,11 +79,17 @@ def browser(p, profile: Path):
                                                 headless=True, viewport={"width": 1300, "height": 1000})
 
 
+def artifacts_dir(tmp_path: Path) -> Path:
+    """Where a browser test leaves its screenshots: $DDPM_ARTIFACTS (CI keeps them), else the test's tmp_path."""
+    artifacts = Path(os.environ.get("DDPM_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts
+
+
 def test_generate_in_the_browser(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    artifacts = Path(os.environ.get("DDPM_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_dir(tmp_path)
     requests: list[str] = []
     with sync_playwright() as p:
         context = browser(p, tmp_path / "profile")
@@ -200,8 +206,7 @@ def test_a_drawing_becomes_an_image_in_the_browser(app_url, tmp_path):
     """Start from an image: draw on a new sketch, run image-to-image, and watch it stream to a final image."""
     from playwright.sync_api import expect, sync_playwright
 
-    artifacts = Path(os.environ.get("DDPM_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_dir(tmp_path)
     errors: list[str] = []
     with sync_playwright() as p:
         context = browser(p, tmp_path / "profile")

@@ -22,7 +22,7 @@ from ddpm.frames import (
     step_log_snr,
     to_grid,
 )
-from ddpm.images import png_data_url
+from ddpm.images import png_data_url, save_gif, save_mp4
 from ddpm.samplers import Step, timesteps_for
 from ddpm.schedule import NoiseSchedule, ScheduleConfig
 
@@ -101,11 +101,10 @@ def test_recorder_keeps_log_snr_frames_and_writes_gif_and_mp4(tmp_path):
     assert rec.frames[-1].caption == f"step 100/100 · t = {rec.frames[-1].t}"
     assert rec.stream_plan(5) <= set(range(100)) and len(rec.stream_plan(5)) == 5
 
-    gif = rec.save_gif(tmp_path / "run.gif")
+    gif, mp4 = rec.save_animations(tmp_path / "run")
     with Image.open(gif) as im:
         assert im.n_frames == 12
         w, h = im.size
-    mp4 = rec.save_mp4(tmp_path / "run.mp4")
     with av.open(str(mp4)) as c:
         stream = c.streams.video[0]
         assert stream.codec_context.name == "h264"
@@ -126,14 +125,15 @@ def test_save_animations_writes_the_same_gif_and_mp4_as_one_at_a_time(tmp_path):
         rec.add(s)
     gif, mp4 = rec.save_animations(tmp_path / "both" / "run")
     assert (gif.name, mp4.name) == ("run.gif", "run.mp4")
-    alone_gif, alone_mp4 = rec.save_gif(tmp_path / "a.gif"), rec.save_mp4(tmp_path / "a.mp4")
+    frames = rec.animation()  # at the Recorder's 10 frames per second
+    alone_gif, alone_mp4 = save_gif(frames, tmp_path / "a.gif", fps=10), save_mp4(frames, tmp_path / "a.mp4", fps=10)
     assert gif.read_bytes() == alone_gif.read_bytes()
-    frames = []
+    decoded = []
     for path in (mp4, alone_mp4):
         with av.open(str(path)) as c:
-            frames.append([f.to_ndarray(format="gray") for f in c.decode(c.streams.video[0])])
-    assert len(frames[0]) == len(frames[1]) >= 10
-    assert all(np.array_equal(a, b) for a, b in zip(*frames))
+            decoded.append([f.to_ndarray(format="gray") for f in c.decode(c.streams.video[0])])
+    assert len(decoded[0]) == len(decoded[1]) >= 10
+    assert all(np.array_equal(a, b) for a, b in zip(*decoded))
 
 
 def test_a_data_url_holds_the_image_losslessly():
@@ -147,4 +147,4 @@ def test_a_data_url_holds_the_image_losslessly():
 def test_recorder_without_frames_refuses_animation(tmp_path):
     schedule = NoiseSchedule(ScheduleConfig(timesteps=10))
     with pytest.raises(ValueError, match="no frames"):
-        Recorder(schedule, timesteps_for(10, 5)).save_gif(tmp_path / "x.gif")
+        Recorder(schedule, timesteps_for(10, 5)).save_animations(tmp_path / "x")
